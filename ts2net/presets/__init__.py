@@ -1,0 +1,1 @@
+"""JSON presets of TS2-Net configurations (package data)."""
