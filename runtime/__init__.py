@@ -17,9 +17,10 @@ _EXPORTS = {
     "load_video": "video",
     "VideoDecodeError": "video",
     "sample_frame_numbers": "video",
-    "similarity": "similarity",
-    "effective_frame_mask": "similarity",
-    "dsl_rescale": "similarity",
+    # the module is not named `similarity`, so the package attribute stays the function
+    "similarity": "frame_similarity",
+    "effective_frame_mask": "frame_similarity",
+    "dsl_rescale": "frame_similarity",
     "retrieval_metrics": "metrics",
 }
 
