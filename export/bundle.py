@@ -1,0 +1,222 @@
+"""`ts2net export`: a TS2-Net model -> a validated bundle directory.
+
+Steps (each shown on a progress bar): load the model, write the tokenizer, export and check the
+FP32 text and video graphs, derive the FP16 graphs, compute reference outputs, validate every
+graph with ONNX Runtime against PyTorch, write the manifest. The bundle is marked valid only if
+the FP32 graphs meet the FP32 parity row; FP16 figures are measured and recorded either way.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+import torch
+from tqdm import tqdm
+
+import ts2net
+from runtime.parity import ParityResult, compare_outputs
+from runtime.tokenizer import ClipTokenizer, find_bpe_vocab, load_tokenizer
+from ts2net import TS2Net
+from ts2net._io import atomic_write_bytes, atomic_write_text
+from ts2net.checkpoint import checkpoint_summary
+
+from . import manifest as mf
+from .checker import assert_trt_compatible
+from .fp16 import convert_to_mixed_precision
+from .onnx_graphs import DEFAULT_OPSET, export_graph, save_graph
+from .reference import REFERENCE_CAPTIONS, reference_outputs, reference_video_inputs
+from .specs import GraphSpec, graph_specs
+
+log = logging.getLogger(__name__)
+PACKAGED_CLIP_VOCAB = Path(__file__).parent / "assets" / "bpe_simple_vocab_16e6.txt.gz"
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "ts2net" / "demo"
+
+# FP32 islands of the FP16 graphs, by node-name scope of the exported graph (see docs/fp16.md):
+# the token score predictor through TopK, the index reordering and the gather of selected tokens.
+FP32_SCOPES = ("/model/visual_token_selector/",)
+
+
+class ExportValidationError(RuntimeError):
+    """The FP32 graphs do not meet the FP32 parity row; the bundle is left marked invalid."""
+
+
+@dataclass
+class ExportResult:
+    bundle: Path
+    manifest: dict[str, Any]
+    parity: dict[str, ParityResult] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def default_model() -> tuple[TS2Net, dict[str, Any], Path | None]:
+    """The embedded default: the shipped demo model if present, else a fixed-seed tiny preset."""
+    if (DEFAULT_MODEL_DIR / "model.safetensors").is_file():
+        model = ts2net.load_model(DEFAULT_MODEL_DIR)
+        source = checkpoint_summary(DEFAULT_MODEL_DIR)
+        source["name"] = "embedded demo model (ts2net/demo)"
+        return model, source, DEFAULT_MODEL_DIR / "tokenizer.json"
+    torch.manual_seed(0)
+    model = TS2Net(ts2net.TS2NetConfig.preset("tiny", name="tiny-random-seed0")).eval()
+    return model, {"name": "tiny-random-seed0 (fixed-seed tiny preset; no demo model shipped)",
+                   "format": "builtin", "sha256": None}, None
+
+
+def load_source(checkpoint: str | Path | None, clip: str | Path | None, overrides: dict[str, Any]
+                ) -> tuple[TS2Net, dict[str, Any], Path | None]:
+    """The model to export, its source description, and a tokenizer.json found beside it (if any)."""
+    if checkpoint is not None:
+        if clip is not None:
+            log.info("--clip %s ignored: %s holds every weight", clip, checkpoint)
+        path = Path(checkpoint)
+        beside = (path if path.is_dir() else path.parent) / "tokenizer.json"
+        return ts2net.load_model(path, **overrides), checkpoint_summary(path), beside if beside.is_file() else None
+    if clip is not None:
+        return ts2net.load_model(clip, **overrides), checkpoint_summary(clip), None
+    model, source, tokenizer = default_model()
+    if overrides:
+        replaced = TS2Net(model.cfg.replace(**overrides))
+        replaced.load_state_dict(model.state_dict())
+        model = replaced.eval()
+    return model, source, tokenizer
+
+
+def resolve_tokenizer(model: TS2Net, bpe: str | Path | None, beside: Path | None) -> ClipTokenizer:
+    """--bpe, else a tokenizer.json shipped with the checkpoint, else CLIP's vocabulary."""
+    if bpe is not None:
+        tokenizer = load_tokenizer(bpe)
+    elif beside is not None:
+        tokenizer = load_tokenizer(beside)
+    else:
+        vocab = find_bpe_vocab() or PACKAGED_CLIP_VOCAB
+        tokenizer = load_tokenizer(vocab)
+    if tokenizer.vocab_size != model.cfg.vocab_size:
+        raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens but the model's token_embedding has "
+                         f"{model.cfg.vocab_size} rows; pass the matching vocabulary with --bpe")
+    return tokenizer
+
+
+def run_onnx(path: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, inputs)))
+
+
+def _graph_entry(bundle: Path, name: str, spec: GraphSpec, precision: str, model: onnx.ModelProto,
+                 files: list[Path]) -> dict[str, Any]:
+    entry = mf.file_entry(bundle, files[0].name, precision=precision,
+                          opset=next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+                          inputs=[t.to_manifest() for t in spec.inputs],
+                          outputs=[t.to_manifest() for t in spec.outputs],
+                          dynamic_axes=sorted(spec.declared_axes))
+    if len(files) > 1:
+        entry["external_data"] = mf.file_entry(bundle, files[1].name)
+    return entry
+
+
+def export_bundle(out: str | Path, checkpoint: str | Path | None = None, clip: str | Path | None = None,
+                  bpe: str | Path | None = None, opset: int = DEFAULT_OPSET, progress: bool = True,
+                  fp32_scopes: tuple[str, ...] = FP32_SCOPES, **overrides: Any) -> ExportResult:
+    """Export a bundle into `out`; raises ExportValidationError (bundle marked invalid) on FP32 failure."""
+    bundle = Path(out)
+    bundle.mkdir(parents=True, exist_ok=True)
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    steps = tqdm(total=7, desc="export", unit="step", disable=not progress)
+    seconds: dict[str, float] = {}
+
+    def step(label: str, action: Callable[[], Any]) -> Any:
+        steps.set_postfix_str(label)
+        start = time.perf_counter()
+        value = action()
+        seconds[label] = round(time.perf_counter() - start, 3)
+        steps.update()
+        return value
+
+    model, source, beside = step("load model", lambda: load_source(checkpoint, clip, overrides))
+    cfg = model.cfg
+    specs = graph_specs(cfg)
+    tokenizer = step("tokenizer", lambda: resolve_tokenizer(model, bpe, beside))
+    tokenizer.save(bundle / "tokenizer.json")
+    manifest = mf.new_manifest(cfg, float(model.clip.logit_scale.exp()), source, mf.file_entry(
+        bundle, "tokenizer.json", max_words=cfg.max_words, sot_id=tokenizer.sot_id, eot_id=tokenizer.eot_id,
+        pad_id=tokenizer.pad_id, vocab_size=tokenizer.vocab_size,
+        cleanup="ftfy fix_text, html unescape x2, whitespace collapse, lowercase (CLIP); runtime.load_tokenizer"))
+    mf.write_manifest(bundle, manifest)   # invalid until validation passes
+
+    def export_fp32() -> dict[str, onnx.ModelProto]:
+        graphs = {}
+        for name, spec in specs.items():
+            graph = export_graph(model, spec, opset)
+            assert_trt_compatible(graph, spec.declared_axes, source=f"{name}.onnx")
+            files = save_graph(graph, bundle / f"{name}.onnx")
+            manifest["graphs"].setdefault(name, {})["fp32"] = _graph_entry(bundle, name, spec, "fp32", graph, files)
+            graphs[name] = graph
+        return graphs
+
+    graphs = step("export fp32 graphs", export_fp32)
+
+    def export_fp16() -> None:
+        for name, spec in specs.items():
+            graph = convert_to_mixed_precision(graphs[name], lambda node: node.name.startswith(fp32_scopes))
+            onnx.checker.check_model(graph, full_check=True)
+            assert_trt_compatible(graph, spec.declared_axes, source=f"{name}.fp16.onnx")
+            files = save_graph(graph, bundle / f"{name}.fp16.onnx")
+            manifest["graphs"][name]["fp16"] = _graph_entry(bundle, name, spec, "fp16", graph, files)
+            manifest["graphs"][name]["fp16"]["fp32_islands"] = list(fp32_scopes) + [
+                "LayerNormalization", "Softmax"]
+
+    step("fp16 graphs", export_fp16)
+
+    def make_reference() -> dict[str, np.ndarray]:
+        ids = tokenizer.encode_batch(list(REFERENCE_CAPTIONS), max_words=cfg.max_words)
+        frames, mask = reference_video_inputs(model)
+        ref = reference_outputs(model, ids, frames, mask)
+        ref["captions"] = np.array(REFERENCE_CAPTIONS)
+        buffer = _npz_bytes(ref)
+        atomic_write_bytes(bundle / "reference.npz", buffer)
+        manifest["reference"] = mf.file_entry(bundle, "reference.npz", arrays=sorted(ref))
+        return ref
+
+    ref = step("reference outputs", make_reference)
+
+    def validate() -> dict[str, ParityResult]:
+        results = {}
+        for precision, suffix in (("fp32", ""), ("fp16", ".fp16")):
+            produced = run_onnx(bundle / f"text{suffix}.onnx", {"input_ids": ref["input_ids"]})
+            produced.update(run_onnx(bundle / f"video{suffix}.onnx",
+                                     {"frames": ref["frames"], "frame_mask": ref["frame_mask"]}))
+            produced["frame_mask"] = ref["frame_mask"]
+            results[precision] = compare_outputs(
+                ref, produced, precision, logit_scale=manifest["similarity"]["logit_scale"],
+                frame_mask_mode=cfg.frame_mask_mode, tokens_per_frame=cfg.tokens_per_frame,
+                softmax_factor=cfg.frame_softmax_factor)
+            manifest["parity"][precision] = {"backend": "onnxruntime-cpu", **results[precision].to_dict()}
+        return results
+
+    parity = step("validate with onnxruntime", validate)
+    report = ["# Export validation", "", f"Model: {cfg.name}; source: {source['name']}", ""]
+    report += [parity[p].to_markdown(f"ONNX Runtime CPU vs PyTorch FP32") + "\n" for p in parity]
+    atomic_write_text(bundle / "validation.md", "\n".join(report))
+    manifest["valid"] = parity["fp32"].passed
+    manifest["export_seconds"] = seconds
+    step("manifest", lambda: mf.write_manifest(bundle, manifest))
+    steps.close()
+    result = ExportResult(bundle, manifest, parity, seconds)
+    if not parity["fp32"].passed:
+        raise ExportValidationError(f"{bundle}: FP32 graphs fail the FP32 parity row; bundle marked invalid:\n  - "
+                                    + "\n  - ".join(parity["fp32"].failures))
+    return result
+
+
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
