@@ -38,7 +38,7 @@ DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "ts2net" / "demo"
 
 # FP32 islands of the FP16 graphs, by node-name scope of the exported graph (see docs/fp16.md):
 # the token score predictor through TopK, the index reordering and the gather of selected tokens.
-FP32_SCOPES = ("/model/visual_token_selector/",)
+FP32_SCOPES = ("/visual_token_selector/",)
 
 
 class ExportValidationError(RuntimeError):
@@ -143,7 +143,7 @@ def export_bundle(out: str | Path, checkpoint: str | Path | None = None, clip: s
     specs = graph_specs(cfg)
     tokenizer = step("tokenizer", lambda: resolve_tokenizer(model, bpe, beside))
     tokenizer.save(bundle / "tokenizer.json")
-    manifest = mf.new_manifest(cfg, float(model.clip.logit_scale.exp()), source, mf.file_entry(
+    manifest = mf.new_manifest(cfg, float(model.clip.logit_scale.detach().exp()), source, mf.file_entry(
         bundle, "tokenizer.json", max_words=cfg.max_words, sot_id=tokenizer.sot_id, eot_id=tokenizer.eot_id,
         pad_id=tokenizer.pad_id, vocab_size=tokenizer.vocab_size,
         cleanup="ftfy fix_text, html unescape x2, whitespace collapse, lowercase (CLIP); runtime.load_tokenizer"))
@@ -163,7 +163,7 @@ def export_bundle(out: str | Path, checkpoint: str | Path | None = None, clip: s
 
     def export_fp16() -> None:
         for name, spec in specs.items():
-            graph = convert_to_mixed_precision(graphs[name], lambda node: node.name.startswith(fp32_scopes))
+            graph = convert_to_mixed_precision(graphs[name], lambda node: any(scope in node.name for scope in fp32_scopes))
             onnx.checker.check_model(graph, full_check=True)
             assert_trt_compatible(graph, spec.declared_axes, source=f"{name}.fp16.onnx")
             files = save_graph(graph, bundle / f"{name}.fp16.onnx")

@@ -1,0 +1,65 @@
+"""`ts2net export` and `ts2net engine` (click), thin wrappers over export.bundle / export.engine."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+FRAME_MASK_CHOICE = click.Choice(["official", "fixed"])
+
+
+@click.command("export")
+@click.option("--checkpoint", type=click.Path(exists=True, path_type=Path),
+              help="TS2-Net checkpoint: official pytorch_model.bin.N, our safetensors dir, or a CLIP .pt. "
+                   "Default: the embedded demo model.")
+@click.option("--clip", type=click.Path(exists=True, path_type=Path),
+              help="OpenAI CLIP archive (ViT-B-32.pt): exports a TS2-Net initialised from it when no --checkpoint.")
+@click.option("--bpe", type=click.Path(exists=True, path_type=Path),
+              help="Tokenizer: CLIP's bpe_simple_vocab_16e6.txt.gz or a tokenizer.json (default: found automatically).")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Bundle directory to write.")
+@click.option("--max-frames", type=int, help="Override max_frames (frames per video).")
+@click.option("--max-words", type=int, help="Override max_words (text length).")
+@click.option("--frame-mask", "frame_mask_mode", type=FRAME_MASK_CHOICE,
+              help="Frame mask mode (default: official for official checkpoints, fixed otherwise).")
+@click.option("--opset", type=click.IntRange(17, 20), default=17, show_default=True)
+def export_command(checkpoint, clip, bpe, out, max_frames, max_words, frame_mask_mode, opset):
+    """Export a checkpoint to a validated bundle."""
+    from .bundle import ExportValidationError, export_bundle
+
+    try:
+        result = export_bundle(out, checkpoint=checkpoint, clip=clip, bpe=bpe, opset=opset, max_frames=max_frames,
+                               max_words=max_words, frame_mask_mode=frame_mask_mode)
+    except ExportValidationError as exc:
+        raise click.ClickException(str(exc))
+    except (ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc))
+    for precision, parity in result.parity.items():
+        fig = parity.figures
+        click.echo(f"{precision}: {'PASS' if parity.passed else 'FAIL'}  text cos min "
+                   f"{fig['text_embeds']['cosine_min']:.6f}  frame cos min {fig['frame_embeds']['cosine_min']:.6f}  "
+                   f"selection {fig.get('patch_indices', {}).get('agreement', float('nan')):.4f}  "
+                   f"top-1 {fig['similarity']['top1_agreement']:.2%}")
+    click.echo(f"bundle written to {result.bundle} ({sum(result.seconds.values()):.1f} s); see validation.md")
+
+
+@click.command("engine")
+@click.option("--bundle", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--batch", "batch_specs", multiple=True, metavar="[GRAPH=]MIN,OPT,MAX",
+              help="Optimization profile batch sizes, for both graphs or per graph (text=1,16,64). Repeatable.")
+@click.option("--workspace", "workspace_mb", type=int, help="Workspace memory pool limit in MB.")
+@click.option("--timing-cache", type=click.Path(path_type=Path), help="Timing cache file (default: BUNDLE/timing.cache).")
+@click.option("--opt-level", "optimization_level", type=click.IntRange(0, 5), help="Builder optimization level.")
+def engine_command(bundle, batch_specs, workspace_mb, timing_cache, optimization_level):
+    """Build strongly typed TensorRT engines from the bundle's FP16 graphs."""
+    from .engine import EngineBuildError, build_engines, parse_batch_profiles
+
+    try:
+        profiles = parse_batch_profiles(batch_specs)
+        entries = build_engines(bundle, profiles, workspace_mb, timing_cache, optimization_level)
+    except (EngineBuildError, ValueError, FileNotFoundError) as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)
+    click.echo(json.dumps({g: {k: e[k] for k in ("file", "tensorrt_version", "gpu", "profile")}
+                           for g, e in entries.items()}, indent=2))
