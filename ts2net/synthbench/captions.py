@@ -20,7 +20,7 @@ from .scene import MOTIONS, SceneSpec
 
 SIZE_WORDS: dict[str, tuple[str, ...]] = {
     "small": ("small", "tiny", "little"),
-    "medium": ("medium-sized", "medium", "mid-sized"),
+    "medium": ("medium", "medium-sized", "mid-sized"),
     "large": ("large", "big", "huge"),
 }
 SHAPE_WORDS: dict[str, tuple[str, ...]] = {
@@ -43,11 +43,11 @@ MOTION_PHRASES: dict[str, tuple[str, ...]] = {
     "still": ("stays still", "does not move", "remains still", "stands still"),
 }
 BACKGROUND_WORDS: dict[str, tuple[str, ...]] = {
-    "clouds": ("cloudy", "blotchy", "mottled"),
+    "clouds": ("cloudy", "hazy", "mottled"),
     "stripes": ("striped", "stripy"),
-    "checker": ("checkered", "checkerboard"),
+    "checker": ("checkered", "chequered"),
     "gradient": ("gradient", "shaded"),
-    "noise": ("noisy", "grainy", "speckled"),
+    "noise": ("noisy", "grainy"),
 }
 LEAD_INS: tuple[str, ...] = ("", "", "in this video ", "a video in which ", "a clip where ")
 JOINERS: tuple[str, ...] = (" while ", " and ", " as ")
@@ -58,34 +58,72 @@ assert set(MOTION_PHRASES) == set(MOTIONS)
 _MAX_UIDS = 8  # per-object draw slots; scenes have at most a handful of objects
 _GLOBAL_DRAWS = 7
 
+#: Word budget of a caption, counting a hyphenated word as its pieces plus
+#: hyphens (as CLIP's BPE does).  TS2-Net reads at most 32 tokens including
+#: start/end; truncation would cut off a clause and the caption would no
+#: longer describe every object.  Few of our words take two BPE tokens, so
+#: 24 counted words stay within 30 tokens.
+MAX_CAPTION_WORDS = 24
+#: Simplification levels tried in order until a caption fits the budget:
+#: 0 full, 1 without lead-in, 2 also without background, 3 also without the
+#: "there is ... that" style, 4 also with the shortest synonyms.
+MAX_LEVEL = 4
 
-def _pick(options: tuple[str, ...], u: float) -> str:
+
+def caption_length(text: str) -> int:
+    return sum(1 + 2 * word.count("-") for word in text.split())
+
+
+def _pick(options: tuple[str, ...], u: float, shortest: bool = False) -> str:
+    if shortest:
+        return min(options, key=caption_length)
     return options[min(int(u * len(options)), len(options) - 1)]
 
 
-def caption(spec: SceneSpec, variant: int = 0) -> str:
-    """One lowercase caption for ``spec``; ``variant`` selects another phrasing."""
+def _compose(spec: SceneSpec, variant: int, level: int) -> str:
     draws = np.random.default_rng([spec.phrase_seed, variant]).random(_GLOBAL_DRAWS + 4 * _MAX_UIDS)
     g, per = draws[:_GLOBAL_DRAWS], draws[_GLOBAL_DRAWS:].reshape(_MAX_UIDS, 4)
+    short = level >= 4
     objects = sorted(spec.objects, key=lambda o: per[o.uid, 0])  # clause order
     nouns, verbs = [], []
     for o in objects:
         _, u_size, u_shape, u_motion = per[o.uid]
-        nouns.append(f"a {_pick(SIZE_WORDS[o.size], u_size)} {o.colour} {_pick(SHAPE_WORDS[o.shape], u_shape)}")
-        verbs.append(_pick(MOTION_PHRASES[o.motion], u_motion))
+        size = _pick(SIZE_WORDS[o.size], u_size, short)
+        nouns.append(f"a {size} {o.colour} {_pick(SHAPE_WORDS[o.shape], u_shape, short)}")
+        verbs.append(_pick(MOTION_PHRASES[o.motion], u_motion, short))
     clauses = [f"{n} {v}" for n, v in zip(nouns, verbs)]
-    if g[0] < 0.2:  # relative-clause style for the first object
+    if g[0] < 0.2 and level < 3:  # relative-clause style for the first object
         clauses[0] = f"there is {nouns[0]} that {verbs[0]}"
     text = clauses[0]
     if len(clauses) > 1:
         text += _pick(JOINERS, g[1]) + clauses[1]
     for extra in clauses[2:]:
         text += " and " + extra
-    text = _pick(LEAD_INS, g[2]) + text
-    if g[3] < 0.5:  # background phrase only half of the time
+    if level < 1:
+        text = _pick(LEAD_INS, g[2]) + text
+    if g[3] < 0.5 and level < 2:  # background phrase only half of the time
         prep = _pick(BACKGROUND_PREPOSITIONS, g[4])
         text += f" {prep} a {_pick(BACKGROUND_WORDS[spec.background.kind], g[5])} background"
     return text
+
+
+def fitting_level(spec: SceneSpec, variant: int = 0) -> int:
+    """The least simplified level at which the caption fits the word budget."""
+    for level in range(MAX_LEVEL + 1):
+        if caption_length(_compose(spec, variant, level)) <= MAX_CAPTION_WORDS:
+            return level
+    return MAX_LEVEL
+
+
+def caption(spec: SceneSpec, variant: int = 0, level: int | None = None) -> str:
+    """One lowercase caption for ``spec``; ``variant`` selects another phrasing."""
+    return _compose(spec, variant, fitting_level(spec, variant) if level is None else level)
+
+
+def aligned_captions(specs: list[SceneSpec], variant: int = 0) -> list[str]:
+    """Captions of pair members, simplified alike so they differ only where the scenes do."""
+    level = max(fitting_level(s, variant) for s in specs)
+    return [_compose(s, variant, level) for s in specs]
 
 
 def captions_for(spec: SceneSpec, n: int) -> list[str]:

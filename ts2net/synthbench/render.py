@@ -16,7 +16,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
-from .scene import BLINK_PERIOD_S, GROWTH_RATIO, PALETTE, BackgroundSpec, ObjectSpec, SceneSpec
+from .scene import GROWTH_RATIO, PALETTE, BackgroundSpec, ObjectSpec, SceneSpec
 
 # Shape proportions relative to the object's radius r (half its nominal
 # diameter), chosen so all shapes look about equally big; none reaches
@@ -150,21 +150,34 @@ def draw_shape(canvas: np.ndarray, shape: str, colour, cx: float, cy: float, r: 
 # Animation
 # --------------------------------------------------------------------------
 
-def object_state(o: ObjectSpec, t: float, time_s: float, width: int, height: int):
-    """(cx, cy, radius, angle, visible) in pixels at normalised time t / clock time_s."""
-    cx = (o.start[0] + (o.end[0] - o.start[0]) * t) * width
-    cy = (o.start[1] + (o.end[1] - o.start[1]) * t) * height
+def sampler_step(spec: SceneSpec) -> int:
+    """Frames between the evaluation sampler's 1 fps picks.
+
+    The official TS2-Net loader steps ``int(fps)`` frames per "second"
+    (29 at 29.97 fps), so blinking is timed in these steps: the sampler then
+    sees strict visible/hidden alternation at any frame rate and length.
+    """
+    return max(1, int(spec.fps_num / spec.fps_den))
+
+
+def object_state(o: ObjectSpec, spec: SceneSpec, i: int):
+    """(cx, cy, radius, angle, visible) in pixels for frame ``i`` of ``spec``."""
+    w, h = spec.width, spec.height
+    t = i / max(spec.n_frames - 1, 1)  # normalised clip time
+    cx = (o.start[0] + (o.end[0] - o.start[0]) * t) * w
+    cy = (o.start[1] + (o.end[1] - o.start[1]) * t) * h
     scale = 1.0
     if o.motion == "grow":
         scale = GROWTH_RATIO ** (t - 0.5)
     elif o.motion == "shrink":
         scale = GROWTH_RATIO ** (0.5 - t)
-    r = o.diameter * min(width, height) / 2 * scale
-    angle = o.angle + o.spin * time_s
+    r = o.diameter * min(w, h) / 2 * scale
+    angle = o.angle + o.spin * i * spec.fps_den / spec.fps_num
     visible = True
     if o.motion == "blink":
-        half = BLINK_PERIOD_S / 2
-        visible = int(math.floor(time_s / half + 0.5)) % 2 == 0
+        # Half a period (1 s) is one sampler step; flips fall half-way
+        # between sampled frames so picks never land on an edge.
+        visible = int(math.floor(i / sampler_step(spec) + 0.5)) % 2 == 0
     return cx, cy, r, angle, visible
 
 
@@ -186,16 +199,13 @@ def iter_frames(spec: SceneSpec) -> Iterator[np.ndarray]:
     for o in order:  # bake the still prefix of the draw order into the base
         if o.motion != "still":
             break
-        cx, cy, r, ang, _ = object_state(o, 0.0, 0.0, w, h)
+        cx, cy, r, ang, _ = object_state(o, spec, 0)
         draw_shape(base, o.shape, PALETTE[o.colour], cx, cy, r, ang)
         n_static += 1
     moving = order[n_static:]
     prev_key, prev = None, None
-    last = max(spec.n_frames - 1, 1)
     for i in range(spec.n_frames):
-        t = i / last
-        time_s = i * spec.fps_den / spec.fps_num
-        states = [object_state(o, t, time_s, w, h) for o in moving]
+        states = [object_state(o, spec, i) for o in moving]
         key = tuple((round(cx, 3), round(cy, 3), round(r, 3), round(a % 360.0, 3), vis) for cx, cy, r, a, vis in states)
         if key != prev_key:
             canvas = base.copy()

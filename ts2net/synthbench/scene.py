@@ -6,10 +6,14 @@ size class and one motion.  Rendering (``render.py``) and captioning
 (``captions.py``) are pure functions of the spec, so the spec is the single
 source of truth that ``scenes.jsonl`` records for reproducibility.
 
-Every motion is parametrised by the normalised clip time ``t`` in [0, 1]
-(rotation and blinking by seconds, because they are periodic and must not
-alias at the model's 1 fps sampling).  This keeps motion clearly visible
-whether a clip lasts 2 s or 20 s.
+Translation and growth are parametrised by the normalised clip time ``t``
+in [0, 1], so they span the whole clip whether it lasts 2 s or 20 s and
+are obvious in the model's one-frame-per-second samples.  Rotation and
+blinking are periodic, so they are timed in seconds (blinking precisely in
+the evaluation sampler's steps) to stay clear of aliasing at that rate.
+
+Objects are placed inside the centred square of side min(width, height),
+the part of the frame that survives the model's resize + centre crop.
 
 Sampling is seeded per clip from ``(seed, split, index, attempt)`` so any
 split can be regenerated on its own and a rejected draw (duplicate test
@@ -20,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Iterable
 
 import numpy as np
@@ -72,14 +76,15 @@ FPS_CHOICES: tuple[tuple[int, int], ...] = ((24, 1), (25, 1), (30, 1), (30000, 1
 #: (width, height); all even because the clips are encoded as yuv420p.
 FRAME_SIZES: tuple[tuple[int, int], ...] = ((128, 96), (160, 120), (96, 128), (144, 144))
 
-#: Blinking objects are visible for 1 s, hidden for 1 s.  Visibility flips
-#: half-way between whole seconds so 1 fps sampling lands mid-phase.
-BLINK_PERIOD_S = 2.0
+#: Blinking objects are visible for ~1 s, hidden for ~1 s (precisely: for
+#: int(fps) frames each, the step of the 1 fps evaluation sampler; see
+#: render.sampler_step).  Period ~2 s.
+
 #: Growing objects scale from 1/sqrt(r) to sqrt(r) of their nominal size.
 GROWTH_RATIO = 2.5
 #: Rotation speed as a fraction of the shape's symmetry period per second:
-#: 0.3 keeps the 1-1.7 s gaps between sampled frames at 0.3-0.5 periods, far
-#: from the aliasing multiples of the period.
+#: 0.3 keeps the gaps between the (up to 12) sampled frames, 1-2 sampler
+#: steps of ~1 s, at 0.3-0.6 periods, far from the aliasing multiples.
 SPIN_PERIODS_PER_S = 0.3
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -188,8 +193,6 @@ class SceneSpec:
         """Fingerprint of everything that affects the pixels (not ids or captions)."""
         d = self.to_dict()
         keep = {k: d[k] for k in ("width", "height", "fps_num", "fps_den", "n_frames", "background", "objects")}
-        for o in keep["objects"]:
-            o.pop("uid")
         blob = json.dumps(keep, sort_keys=True, separators=(",", ":"))
         return hashlib.sha1(blob.encode()).hexdigest()
 
@@ -226,9 +229,9 @@ def _sample_background(rng: np.random.Generator, width: int, height: int) -> Bac
     # Desaturated, mid-brightness base with a moderate second colour, so the
     # texture is visible but never competes with the saturated palette.
     level = rng.uniform(85, 165)
-    c0 = np.clip(level + rng.uniform(-22, 22, 3), 60, 190)
-    shift = rng.uniform(22, 45) * (1 if rng.random() < 0.5 else -1)
-    c1 = np.clip(c0 + shift + rng.uniform(-12, 12, 3), 55, 195)
+    c0 = np.clip(level + rng.uniform(-14, 14, 3), 60, 190)
+    shift = rng.uniform(20, 40) * (1 if rng.random() < 0.5 else -1)
+    c1 = np.clip(c0 + shift + rng.uniform(-8, 8, 3), 55, 195)
     short = min(width, height)
     scale = {
         "clouds": rng.uniform(0.25, 0.5) * short,
@@ -253,28 +256,36 @@ def _sample_object(rng, uid: int, width: int, height: int, colours: list[str]) -
     size = _choice(rng, tuple(SIZES), p=SIZE_WEIGHTS)
     lo, hi = SIZES[size]
     diameter = float(rng.uniform(lo, hi))
-    short = min(width, height)
-    radius_px = diameter * short / 2 * (math.sqrt(GROWTH_RATIO) if motion in ("grow", "shrink") else 1.0)
-    dims = (width, height)
-    # Keep the centre far enough from the border that the object stays
-    # mostly inside the frame (large objects may be clipped a little).
-    margins = [min(radius_px / d, 0.2) + 0.03 for d in dims]
-    pos = [float(rng.uniform(m, 1 - m)) for m in margins]
+    # Positions are drawn in units of the centred short-side square: the
+    # model's loader resizes the short side and centre-crops that square, so
+    # an object outside it would be invisible to the model yet named in the
+    # caption.  The margin keeps (almost) all of the object inside.
+    radius = diameter / 2 * (math.sqrt(GROWTH_RATIO) if motion in ("grow", "shrink") else 1.0)
+    margin = min(radius, 0.2) + 0.03
+    span = 1 - 2 * margin
+    pos = [float(rng.uniform(margin, 1 - margin)) for _ in range(2)]
     start, end = list(pos), list(pos)
-    if motion in TRANSLATIONS:
+    if motion in TRANSLATIONS:  # cross 70-100 % of the free span of the square
         axis, sign = TRANSLATIONS[motion]
-        span = 1 - 2 * margins[axis]
         travel = rng.uniform(0.7, 1.0) * span
-        a = margins[axis] + rng.uniform(0, span - travel)
+        a = margin + rng.uniform(0, span - travel)
         b = a + travel
         start[axis], end[axis] = (a, b) if sign > 0 else (b, a)
+    short = min(width, height)
+
+    def to_frame(p: list[float]) -> tuple[float, float]:
+        return (
+            round(((width - short) / 2 + p[0] * short) / width, 5),
+            round(((height - short) / 2 + p[1] * short) / height, 5),
+        )
+
     period = SYMMETRY_DEG.get(shape, 360.0)
     spin = 0.0
     if motion == "rotate":
         spin = SPIN_PERIODS_PER_S * period * (1 if rng.random() < 0.5 else -1)
     return ObjectSpec(
         uid=uid, shape=shape, colour=colour, size=size, diameter=round(diameter, 5), motion=motion,
-        start=tuple(round(v, 5) for v in start), end=tuple(round(v, 5) for v in end),
+        start=to_frame(start), end=to_frame(end),
         angle=round(float(rng.uniform(0, period)), 3), spin=spin,
     )
 
@@ -350,7 +361,7 @@ def _motion_pair(rng, base: SceneSpec):
         return None
     target = _choice(rng, flippable)
     other = tuple(reverse_motion(o) if o.uid == target.uid else o for o in base.objects)
-    return base.objects, other, f"object {target.uid}: {target.motion} -> {OPPOSITE[target.motion]}"
+    return base.objects, other, "motion", target.uid
 
 
 def _small_object_pair(rng, base: SceneSpec):
@@ -363,18 +374,29 @@ def _small_object_pair(rng, base: SceneSpec):
     if change == "colour":
         used = {o.colour for o in base.objects}
         new = replace(target, colour=_choice(rng, [c for c in COLOURS if c not in used]))
-        note = f"object {target.uid}: colour {target.colour} -> {new.colour}"
     elif change == "shape":
         pool = ROTATABLE if target.motion == "rotate" else SHAPES
-        shape = _choice(rng, [s for s in pool if s != target.shape])
-        new = replace(target, shape=shape)
-        note = f"object {target.uid}: shape {target.shape} -> {shape}"
+        new = replace(target, shape=_choice(rng, [s for s in pool if s != target.shape]))
     else:
         new = None
-        note = f"object {target.uid}: removed"
     swapped = (new if o.uid == target.uid else o for o in base.objects)
     other = tuple(o for o in swapped if o is not None)
-    return base.objects, other, note
+    return base.objects, other, change, target.uid
+
+
+def describe_change(kind: str, uid: int, here: tuple[ObjectSpec, ...], there: tuple[ObjectSpec, ...]) -> str:
+    """What distinguishes a clip from its partner, from the clip's side.
+
+    E.g. ``"motion of object 0: up vs down"`` or ``"presence of object 2:
+    absent vs present"``; the first word is the kind of change.
+    """
+    def value(objects):
+        obj = next((o for o in objects if o.uid == uid), None)
+        if kind == "presence":
+            return "present" if obj else "absent"
+        return getattr(obj, kind)
+
+    return f"{kind} of object {uid}: {value(here)} vs {value(there)}"
 
 
 _PAIR_BUILDERS = {"motion": _motion_pair, "small_object": _small_object_pair}
@@ -419,13 +441,14 @@ def plan_split(seed: int, split: str, n: int, params: GenParams, max_attempts: i
                 built = _PAIR_BUILDERS[subset](rng, base)
                 if built is None:
                     continue
-                objs_a, objs_b, note = built
+                objs_a, objs_b, kind, uid = built
                 if rng.random() < 0.5:  # which member carries the change is random
                     objs_a, objs_b = objs_b, objs_a
                 ida, idb = video_id(split, i), video_id(split, i + 1)
                 members = [
-                    replace(base, objects=objs_a, pair=idb, pair_change=note),
-                    replace(base, objects=objs_b, video_id=idb, index=i + 1, pair=ida, pair_change=note),
+                    replace(base, objects=objs_a, pair=idb, pair_change=describe_change(kind, uid, objs_a, objs_b)),
+                    replace(base, objects=objs_b, video_id=idb, index=i + 1, pair=ida,
+                            pair_change=describe_change(kind, uid, objs_b, objs_a)),
                 ]
             keys = [content_key(m.objects) for m in members]
             if unique and (len(set(keys)) < len(keys) or any(k in seen for k in keys)):
