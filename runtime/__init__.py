@@ -22,6 +22,12 @@ _EXPORTS = {
     "effective_frame_mask": "frame_similarity",
     "dsl_rescale": "frame_similarity",
     "retrieval_metrics": "metrics",
+    "Bundle": "bundle",
+    "BundleError": "bundle",
+    "open_bundle": "bundle",
+    "create_backend": "backends",
+    "available_backends": "backends",
+    "BundleEncoder": "encoder",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,0 +1,346 @@
+"""Open a bundle directory: check its manifest, verify its files, expose its facts.
+
+A bundle is only as trustworthy as the files in it, and a graph that is silently swapped or
+truncated gives plausible-looking wrong embeddings. So every file the runtime uses is checked
+against the sha256 the exporter wrote into `manifest.json` before it is handed out: all of them
+up front with ``open_bundle(path, verify=True)`` (the default), or each one the first time it is
+used with ``verify=False`` (cheaper when only the text graph of a large bundle is needed). Either
+way a bad file is a `BundleError` that names the file and says what to do.
+
+Only the manifest is read here; nothing imports torch, `ts2net` or `export`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+FORMAT_NAME = "ts2net-bundle"
+SUPPORTED_FORMAT_VERSIONS = (1,)
+MANIFEST_NAME = "manifest.json"
+GRAPHS = ("text", "video")
+PRECISIONS = ("fp32", "fp16")
+DTYPES = ("float32", "float16", "int64", "int32", "bool")
+
+# Sections the runtime reads; an exporter that leaves one out wrote a bundle we cannot serve.
+REQUIRED_SECTIONS = {"model": dict, "preprocessing": dict, "tokenizer": dict, "similarity": dict, "graphs": dict}
+REQUIRED_MODEL_KEYS = ("image_size", "max_frames", "max_words", "embed_dim", "top_k")
+REQUIRED_SIMILARITY_KEYS = ("logit_scale", "frame_mask_mode", "tokens_per_frame", "frame_softmax_factor")
+ENGINE_KEYS = ("file", "sha256", "precision", "tensorrt_version", "gpu", "profile")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be used as it is: bad manifest, missing or altered file, invalid export."""
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ------------------------------------------------------------------------------ schema check
+def _check_file_entry(where: str, entry: Any, problems: list[str]) -> None:
+    """`entry` must name a file inside the bundle and carry its sha256."""
+    if not isinstance(entry, Mapping):
+        problems.append(f"{where}: expected an object with 'file' and 'sha256', got {type(entry).__name__}")
+        return
+    name = entry.get("file")
+    if not isinstance(name, str) or not name:
+        problems.append(f"{where}.file: missing or not a string")
+    elif Path(name).is_absolute() or ".." in Path(name).parts or "\\" in name:
+        # a manifest must not point outside its own directory (a copied bundle would silently use other files)
+        problems.append(f"{where}.file: {name!r} must be a plain relative path inside the bundle")
+    if not isinstance(entry.get("sha256"), str) or not _SHA256.match(entry["sha256"]):
+        problems.append(f"{where}.sha256: missing or not 64 lowercase hex digits")
+
+
+def _check_tensor_list(where: str, tensors: Any, problems: list[str]) -> None:
+    if not isinstance(tensors, list) or not tensors:
+        problems.append(f"{where}: expected a non-empty list of tensors")
+        return
+    for i, tensor in enumerate(tensors):
+        label = f"{where}[{i}]"
+        if not isinstance(tensor, Mapping):
+            problems.append(f"{label}: expected an object with name, dtype, shape")
+            continue
+        if not isinstance(tensor.get("name"), str) or not tensor["name"]:
+            problems.append(f"{label}.name: missing")
+        if tensor.get("dtype") not in DTYPES:
+            problems.append(f"{label}.dtype: {tensor.get('dtype')!r} is not one of {list(DTYPES)}")
+        shape = tensor.get("shape")
+        if not isinstance(shape, list) or not all(
+                (isinstance(d, int) and not isinstance(d, bool) and d > 0) or (isinstance(d, str) and d)
+                for d in shape):
+            problems.append(f"{label}.shape: {shape!r} must be a list of positive ints and named dynamic axes")
+
+
+def schema_problems(manifest: Any) -> list[str]:
+    """Every problem of a manifest's structure (empty: usable). Values are not cross-checked with files."""
+    if not isinstance(manifest, Mapping):
+        return [f"the manifest is a JSON {type(manifest).__name__}, expected an object"]
+    problems: list[str] = []
+    if manifest.get("format") != FORMAT_NAME:
+        problems.append(f"format: {manifest.get('format')!r}, expected {FORMAT_NAME!r}")
+    version = manifest.get("format_version")
+    if version not in SUPPORTED_FORMAT_VERSIONS:
+        problems.append(f"format_version: {version!r} is not supported by this runtime (supported: "
+                        f"{list(SUPPORTED_FORMAT_VERSIONS)}); use a runtime matching the exporter's version")
+    for section, kind in REQUIRED_SECTIONS.items():
+        if not isinstance(manifest.get(section), kind):
+            problems.append(f"{section}: required section missing or not an object")
+    model = manifest.get("model") if isinstance(manifest.get("model"), Mapping) else {}
+    for key in REQUIRED_MODEL_KEYS:
+        if model and not isinstance(model.get(key), int):
+            problems.append(f"model.{key}: missing or not an integer")
+    sim = manifest.get("similarity") if isinstance(manifest.get("similarity"), Mapping) else {}
+    for key in REQUIRED_SIMILARITY_KEYS:
+        if sim and key not in sim:
+            problems.append(f"similarity.{key}: missing")
+    if isinstance(manifest.get("tokenizer"), Mapping):
+        _check_file_entry("tokenizer", manifest["tokenizer"], problems)
+    graphs = manifest.get("graphs") if isinstance(manifest.get("graphs"), Mapping) else None
+    if graphs is not None:
+        for graph in GRAPHS:
+            if not isinstance(graphs.get(graph), Mapping) or "fp32" not in graphs[graph]:
+                problems.append(f"graphs.{graph}: missing (every bundle has FP32 text and video graphs)")
+        for graph, precisions in graphs.items():
+            if not isinstance(precisions, Mapping):
+                problems.append(f"graphs.{graph}: expected an object keyed by precision")
+                continue
+            for precision, entry in precisions.items():
+                where = f"graphs.{graph}.{precision}"
+                if precision not in PRECISIONS:
+                    problems.append(f"{where}: unknown precision (expected one of {list(PRECISIONS)})")
+                _check_file_entry(where, entry, problems)
+                if isinstance(entry, Mapping):
+                    _check_tensor_list(f"{where}.inputs", entry.get("inputs"), problems)
+                    _check_tensor_list(f"{where}.outputs", entry.get("outputs"), problems)
+                    if "external_data" in entry:
+                        _check_file_entry(f"{where}.external_data", entry["external_data"], problems)
+    engines = manifest.get("engines")
+    if engines is not None and not isinstance(engines, Mapping):
+        problems.append("engines: expected an object keyed by graph name")
+    for graph, entry in (engines or {}).items() if isinstance(engines, Mapping) else ():
+        where = f"engines.{graph}"
+        _check_file_entry(where, entry, problems)
+        if isinstance(entry, Mapping):
+            missing = [k for k in ENGINE_KEYS if k not in entry]
+            if missing:
+                problems.append(f"{where}: missing {missing}")
+            gpu = entry.get("gpu")
+            if "gpu" in entry and not (isinstance(gpu, Mapping) and {"name", "compute_capability"} <= gpu.keys()):
+                problems.append(f"{where}.gpu: expected an object with name and compute_capability")
+    if manifest.get("reference") is not None:
+        _check_file_entry("reference", manifest["reference"], problems)
+    return problems
+
+
+# ------------------------------------------------------------------------------ the bundle
+class Bundle:
+    """A checked bundle directory. Construct with `open_bundle`."""
+
+    def __init__(self, path: str | os.PathLike, manifest: Mapping[str, Any]):
+        self._path = Path(path)
+        self._manifest = manifest
+        self._verified: set[str] = set()
+        self._tokenizer = None
+
+    def __repr__(self) -> str:
+        return f"Bundle({str(self._path)!r}, model={self.model.get('name')!r}, id={self.sha256})"
+
+    # -------------------------------------------------------------- plain facts
+    path = property(lambda self: self._path)
+    manifest = property(lambda self: self._manifest)
+    model = property(lambda self: self._manifest["model"], doc="The model config dict (TS2NetConfig fields).")
+    max_frames = property(lambda self: int(self.model["max_frames"]))
+    max_words = property(lambda self: int(self.model["max_words"]))
+    image_size = property(lambda self: int(self.model["image_size"]))
+    embed_dim = property(lambda self: int(self.model["embed_dim"]))
+    valid = property(lambda self: bool(self._manifest.get("valid")))
+
+    @property
+    def top_k(self) -> int | None:
+        """Patches selected per frame; None when the model has no token selection (no patch_indices)."""
+        return int(self.model["top_k"]) if self.model.get("token_selection", True) else None
+
+    @property
+    def frame_mask_mode(self) -> str:
+        return str(self._manifest["similarity"].get("frame_mask_mode", self.model.get("frame_mask_mode")))
+
+    @property
+    def similarity_args(self) -> dict[str, Any]:
+        """Keyword arguments of `runtime.similarity` (and `compare_outputs`) for this bundle."""
+        sim = self._manifest["similarity"]
+        return {"logit_scale": float(sim["logit_scale"]), "frame_mask_mode": str(sim["frame_mask_mode"]),
+                "tokens_per_frame": int(sim["tokens_per_frame"]), "softmax_factor": float(sim["frame_softmax_factor"])}
+
+    @property
+    def preprocessing(self) -> Mapping[str, Any]:
+        return self._manifest["preprocessing"]
+
+    @cached_property
+    def sha256(self) -> str:
+        """Short id of what determines an embedding: graph checksums, tokenizer checksum, preprocessing.
+
+        Used to key caches, so a re-export with other weights, another tokenizer or another
+        frame rule can never be served from a stale cache. Engines are left out on purpose:
+        they are derived from the FP16 graph, and callers key caches by backend too.
+        """
+        parts = [f"graph {g}.{p} {e['sha256']}" for g, ps in sorted(self._manifest["graphs"].items())
+                 for p, e in sorted(ps.items())]
+        parts.append(f"tokenizer {self._manifest['tokenizer']['sha256']}")
+        parts.append("preprocessing " + json.dumps(self.preprocessing, sort_keys=True))
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+    # -------------------------------------------------------------- files
+    def listed_files(self) -> dict[str, str]:
+        """Every file the manifest lists: file name -> where in the manifest it is listed."""
+        files: dict[str, str] = {self._manifest["tokenizer"]["file"]: "tokenizer"}
+        for graph, precisions in self._manifest["graphs"].items():
+            for precision, entry in precisions.items():
+                files[entry["file"]] = f"graphs.{graph}.{precision}"
+                if "external_data" in entry:
+                    files[entry["external_data"]["file"]] = f"graphs.{graph}.{precision}.external_data"
+        for graph, entry in (self._manifest.get("engines") or {}).items():
+            files[entry["file"]] = f"engines.{graph}"
+        if self._manifest.get("reference"):
+            files[self._manifest["reference"]["file"]] = "reference"
+        return files
+
+    def _expected_sha256(self, name: str) -> str:
+        for where in self._entries():
+            if where["file"] == name:
+                return where["sha256"]
+        raise BundleError(f"{self._path}: {name} is not listed in {MANIFEST_NAME}")
+
+    def _entries(self):
+        yield self._manifest["tokenizer"]
+        for precisions in self._manifest["graphs"].values():
+            for entry in precisions.values():
+                yield entry
+                if "external_data" in entry:
+                    yield entry["external_data"]
+        yield from (self._manifest.get("engines") or {}).values()
+        if self._manifest.get("reference"):
+            yield self._manifest["reference"]
+
+    def verify_file(self, name: str) -> Path:
+        """Path of a listed file after checking it exists and matches its manifest sha256 (once per file)."""
+        path = self._path / name
+        if name in self._verified:
+            return path
+        expected = self._expected_sha256(name)
+        if not path.is_file():
+            raise BundleError(f"{self._path}: {name} is listed in {MANIFEST_NAME} but missing from the bundle "
+                              "(incomplete copy? copy the whole bundle directory or re-export it)")
+        found = sha256_file(path)
+        if found != expected:
+            raise BundleError(f"{self._path}: {name} does not match its checksum in {MANIFEST_NAME} "
+                              f"(expected sha256 {expected[:16]}..., file has {found[:16]}...): the file was "
+                              "modified or truncated after export; re-export the bundle or restore the file")
+        self._verified.add(name)
+        return path
+
+    def verify(self) -> None:
+        """Check every listed file; one BundleError naming every missing or altered file."""
+        problems = []
+        for name in self.listed_files():
+            try:
+                self.verify_file(name)
+            except BundleError as exc:
+                problems.append(str(exc))
+        if problems:
+            raise BundleError(problems[0] if len(problems) == 1 else
+                              f"{len(problems)} bundle files failed verification:\n  - " + "\n  - ".join(problems))
+
+    # -------------------------------------------------------------- graphs and engines
+    def graph_entry(self, graph: str, precision: str = "fp32") -> Mapping[str, Any]:
+        graphs = self._manifest["graphs"]
+        if graph not in graphs:
+            raise BundleError(f"{self._path}: no {graph!r} graph (bundle has {sorted(graphs)})")
+        if precision not in graphs[graph]:
+            raise BundleError(f"{self._path}: no {precision} {graph} graph (bundle has {sorted(graphs[graph])})")
+        return graphs[graph][precision]
+
+    def graph_path(self, graph: str, precision: str = "fp32") -> Path:
+        """Verified path of an ONNX graph (its external-data file, if any, is verified too)."""
+        entry = self.graph_entry(graph, precision)
+        if "external_data" in entry:
+            self.verify_file(entry["external_data"]["file"])
+        return self.verify_file(entry["file"])
+
+    def inputs(self, graph: str, precision: str = "fp32") -> list[Mapping[str, Any]]:
+        return list(self.graph_entry(graph, precision)["inputs"])
+
+    def outputs(self, graph: str, precision: str = "fp32") -> list[Mapping[str, Any]]:
+        return list(self.graph_entry(graph, precision)["outputs"])
+
+    def engine_entry(self, graph: str) -> Mapping[str, Any]:
+        engines = self._manifest.get("engines") or {}
+        if graph not in engines:
+            raise BundleError(f"{self._path}: no TensorRT engine for the {graph} graph was built; run `make engine` "
+                              f"(or `ts2net engine --bundle {self._path}`) on the GPU that will serve it")
+        return engines[graph]
+
+    def engine_path(self, graph: str) -> Path:
+        return self.verify_file(self.engine_entry(graph)["file"])
+
+    def has_engine(self, graph: str) -> bool:
+        return graph in (self._manifest.get("engines") or {})
+
+    # -------------------------------------------------------------- tokenizer and reference
+    def tokenizer(self):
+        """The bundle's tokenizer (loaded once)."""
+        if self._tokenizer is None:
+            from .tokenizer import load_tokenizer
+
+            self._tokenizer = load_tokenizer(self.verify_file(self._manifest["tokenizer"]["file"]))
+        return self._tokenizer
+
+    def reference(self) -> dict[str, np.ndarray]:
+        """Inputs and PyTorch FP32 outputs recorded at export (`reference.npz`), without pickle."""
+        entry = self._manifest.get("reference")
+        if not entry:
+            raise BundleError(f"{self._path}: the manifest lists no reference outputs (export did not finish?)")
+        with np.load(self.verify_file(entry["file"]), allow_pickle=False) as data:
+            return {name: data[name] for name in data.files}
+
+
+def open_bundle(path: str | os.PathLike, verify: bool = True, allow_invalid: bool = False) -> Bundle:
+    """Open and check a bundle directory.
+
+    verify=True checks the sha256 of every listed file now; verify=False checks each file the
+    first time it is used. A bundle whose manifest says ``"valid": false`` (its FP32 graphs failed
+    export validation, or export stopped half way) is refused unless allow_invalid=True.
+    """
+    root = Path(path)
+    manifest_path = root / MANIFEST_NAME
+    if not root.is_dir():
+        raise BundleError(f"{root}: not a directory; a bundle is the directory `ts2net export` writes")
+    if not manifest_path.is_file():
+        raise BundleError(f"{root}: no {MANIFEST_NAME}; is this a bundle made by `ts2net export`?")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{manifest_path}: not readable JSON ({exc})") from exc
+    problems = schema_problems(manifest)
+    if problems:
+        raise BundleError(f"{manifest_path}: not a usable ts2net bundle manifest:\n  - " + "\n  - ".join(problems))
+    if manifest.get("valid") is not True and not allow_invalid:
+        raise BundleError(f"{root}: the manifest marks this bundle invalid (\"valid\": false): its FP32 graphs did "
+                          "not pass export validation, or the export did not finish. See validation.md in the "
+                          "bundle; pass allow_invalid=True only to inspect it")
+    bundle = Bundle(root, manifest)
+    if verify:
+        bundle.verify()
+    return bundle

@@ -1,0 +1,334 @@
+"""`ts2net index` / `ts2net search`: a folder of videos -> an on-disk index -> ranked videos for a text.
+
+Why the index stores *per-frame* embeddings and a frame mask rather than one vector per video:
+the TS2-Net similarity weights each video's frames by a softmax that depends on the query
+(``runtime.similarity``), so there is no query-independent video vector; a search computes the
+exact model score for every video, chunk by chunk over a memory-mapped array.
+
+Index directory layout (``index.json`` is the commit point, written last and atomically)::
+
+    index.json                    format, bundle id/path, backend, precision, similarity args,
+                                  videos (id, file, sha256, frames), skipped files, array names
+    frame_embeds.<gen>.npy        [N, T, D] float16 (default) or float32
+    frame_mask.<gen>.npy          [N, T] uint8 (1 real frame, 0 padding)
+
+The arrays carry a generation tag in their names, so a rebuild writes new files next to the
+old ones, then switches ``index.json`` to them in one ``os.replace``, then deletes the old ones:
+a crash at any point leaves a consistent index (the old or the new).
+
+Resuming: a rebuild hashes every video file and takes its embedding, in this order, from the
+existing index (same bundle, backend, precision, and a dtype at least as precise), from the
+embedding cache (filled every few videos while encoding, so an interrupted run loses at most one
+chunk), or from the model. So re-running after an interruption or after adding videos encodes
+only what is new or changed.
+
+The bundle's similarity constants are copied into ``index.json``: search needs the bundle only
+for the text side (tokenizer + text graph), and refuses a bundle whose id differs from the one
+the videos were encoded with (embeddings of different models are not comparable).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import click
+import numpy as np
+
+from . import datasets
+from .embedding_cache import (EmbeddingCache, VideoEmbedding, atomic_save_npy, atomic_write_bytes,
+                              default_cache_dir, encode_videos_cached)
+from .frame_similarity import similarity
+
+log = logging.getLogger(__name__)
+
+__all__ = ["INDEX_FORMAT", "VideoIndexError", "VideoIndex", "open_index", "build_index", "search_index",
+           "index_command", "search_command"]
+
+INDEX_FORMAT = "ts2net-index"
+INDEX_VERSION = 1
+INDEX_FILE = "index.json"
+DTYPES = ("float16", "float32")
+
+
+class VideoIndexError(ValueError):
+    """An index directory that cannot be used (missing, inconsistent, or built with another bundle)."""
+
+
+@dataclass
+class VideoIndex:
+    """An opened index: metadata plus memory-mapped arrays (nothing big is read up front)."""
+
+    path: Path
+    meta: dict[str, Any]
+    frame_embeds: np.ndarray
+    frame_mask: np.ndarray
+
+    @property
+    def video_ids(self) -> list[str]:
+        return [v["id"] for v in self.meta["videos"]]
+
+    @property
+    def similarity_args(self) -> dict[str, Any]:
+        return dict(self.meta["similarity"])
+
+    def video_path(self, i: int) -> Path:
+        return Path(self.meta["videos_dir"]) / self.meta["videos"][i]["file"]
+
+    def __len__(self) -> int:
+        return len(self.meta["videos"])
+
+
+def open_index(path) -> VideoIndex:
+    """Open an index directory, checking that ``index.json`` and its arrays agree."""
+    root = Path(path)
+    meta_path = root / INDEX_FILE
+    if not meta_path.is_file():
+        raise VideoIndexError(f"{root}: no {INDEX_FILE}; build one with `ts2net index --out {root}`")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise VideoIndexError(f"{meta_path}: not readable JSON ({exc})") from exc
+    if meta.get("format") != INDEX_FORMAT or meta.get("version") != INDEX_VERSION:
+        raise VideoIndexError(f"{meta_path}: not a {INDEX_FORMAT} v{INDEX_VERSION} index "
+                          f"(format {meta.get('format')!r}, version {meta.get('version')!r})")
+    arrays = {}
+    for name in ("frame_embeds", "frame_mask"):
+        file = root / meta["arrays"][name]
+        if not file.is_file():
+            raise VideoIndexError(f"{root}: {file.name} listed in {INDEX_FILE} is missing (incomplete copy?)")
+        arrays[name] = np.load(file, mmap_mode="r", allow_pickle=False)
+    n = len(meta["videos"])
+    fe, fm = arrays["frame_embeds"], arrays["frame_mask"]
+    if fe.ndim != 3 or fe.shape[0] != n or fm.shape != fe.shape[:2]:
+        raise VideoIndexError(f"{root}: arrays do not match {INDEX_FILE}: {n} videos, frame_embeds "
+                          f"{list(fe.shape)}, frame_mask {list(fm.shape)}")
+    return VideoIndex(root, meta, fe, fm)
+
+
+def _reusable_rows(out: Path, bundle_id: str, backend: str, precision: str, dtype: str) -> dict[str, VideoEmbedding]:
+    """Embeddings of an existing index at ``out`` that a rebuild may take as they are."""
+    if not (out / INDEX_FILE).is_file():
+        return {}
+    try:
+        old = open_index(out)
+    except VideoIndexError as exc:
+        log.warning("not reusing the existing index: %s", exc)
+        return {}
+    m = old.meta
+    same_model = (m["bundle"]["id"], m["backend"], m["precision"]) == (bundle_id, backend, precision)
+    precise_enough = m["dtype"] == dtype or m["dtype"] == "float32"
+    if not (same_model and precise_enough):
+        return {}
+    return {v["sha256"]: VideoEmbedding(np.asarray(old.frame_embeds[i], np.float32),
+                                        np.asarray(old.frame_mask[i], np.int64))
+            for i, v in enumerate(m["videos"])}
+
+
+def build_index(
+    bundle_dir,
+    videos_dir,
+    out,
+    backend: str = "ort-cpu",
+    precision: str = "fp32",
+    skip_bad: bool = False,
+    batch_size: int = 16,
+    *,
+    cache_dir=None,
+    dtype: str = "float16",
+    progress: bool = True,
+    chunk_size: Optional[int] = None,
+    workers: int = 0,
+) -> dict[str, Any]:
+    """Encode every video of ``videos_dir`` into the index directory ``out``; returns index.json's dict.
+
+    ``cache_dir``: embedding cache root (``None`` = default location, ``False`` = no cache,
+    which also means an interrupted build starts over). ``chunk_size``: videos encoded between
+    two cache writes (default ``max(2 * batch_size, 16)``). ``workers``: video decoding threads.
+    """
+    from .bundle import open_bundle
+    from .encoder import BundleEncoder
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    start = time.perf_counter()
+    out = Path(out)
+    files = datasets.list_video_files(videos_dir)
+    if not files:
+        raise VideoIndexError(f"{videos_dir}: no video files (looked for {', '.join(datasets.VIDEO_EXTENSIONS)})")
+    bundle = open_bundle(bundle_dir)
+    cache = None
+    if cache_dir is not False:
+        cache = EmbeddingCache(default_cache_dir() if cache_dir is None else cache_dir, bundle.sha256, backend,
+                               precision)
+    known = _reusable_rows(out, bundle.sha256, backend, precision, dtype)
+
+    with BundleEncoder(bundle, backend=backend, precision=precision, batch_size=batch_size) as encoder:
+        result = encode_videos_cached(encoder, list(files.values()), cache, skip_bad=skip_bad,
+                                      chunk_size=chunk_size or max(2 * batch_size, 16), progress=progress,
+                                      known=known, workers=workers)
+    if not result.paths:
+        raise VideoIndexError(f"{videos_dir}: no readable video ({len(result.skipped)} skipped)")
+
+    id_of = {str(p): v for v, p in files.items()}
+    previous = None
+    if (out / INDEX_FILE).is_file():
+        try:
+            previous = json.loads((out / INDEX_FILE).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            previous = None
+    gen = datetime.now().strftime("%Y%m%d%H%M%S") + "-" + secrets.token_hex(3)
+    arrays = {"frame_embeds": f"frame_embeds.{gen}.npy", "frame_mask": f"frame_mask.{gen}.npy"}
+    atomic_save_npy(out / arrays["frame_embeds"], result.frame_embeds.astype(dtype))
+    atomic_save_npy(out / arrays["frame_mask"], (result.frame_mask != 0).astype(np.uint8))
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    meta = {
+        "format": INDEX_FORMAT,
+        "version": INDEX_VERSION,
+        "created": (previous or {}).get("created", now),
+        "updated": now,
+        "bundle": {"path": str(Path(bundle_dir).resolve()), "id": bundle.sha256,
+                   "model": bundle.manifest.get("model", {}).get("name"), "max_frames": bundle.max_frames,
+                   "max_words": bundle.max_words, "embed_dim": bundle.embed_dim},
+        "backend": backend,
+        "precision": precision,
+        "dtype": dtype,
+        "similarity": bundle.similarity_args,
+        "videos_dir": str(Path(videos_dir).resolve()),
+        "n_videos": len(result.paths),
+        "videos": [{"id": id_of[str(p)], "file": Path(p).name, "sha256": s, "frames": int(np.count_nonzero(m))}
+                   for p, s, m in zip(result.paths, result.sha256, result.frame_mask)],
+        "skipped": [{"video_id": id_of.get(p), "path": p, "reason": r} for p, r in result.skipped],
+        "arrays": arrays,
+        "build": {"encoded": result.n_encoded, "from_cache": result.n_cached, "reused_from_index": result.n_reused,
+                  "seconds": round(time.perf_counter() - start, 3),
+                  "cache_dir": str(cache.dir) if cache else None},
+    }
+    atomic_write_bytes(out / INDEX_FILE, (json.dumps(meta, indent=1) + "\n").encode())
+    for stale in list(out.glob("frame_embeds.*.npy")) + list(out.glob("frame_mask.*.npy")):
+        if stale.name not in arrays.values():
+            stale.unlink(missing_ok=True)
+    return meta
+
+
+# --------------------------------------------------------------------------------------------
+# search
+# --------------------------------------------------------------------------------------------
+
+def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k best scores, best first; ties keep index order (a stable sort, so the
+    same index always answers the same way; O(N log N) is milliseconds even for 1M videos)."""
+    return np.argsort(-scores, kind="stable")[:k]
+
+
+def search_index(index: VideoIndex, queries: Sequence[str], k: int = 10, *, bundle_dir=None,
+                 backend: str = "ort-cpu", batch_size: int = 16) -> list[dict[str, Any]]:
+    """Rank the indexed videos for each query by the TS2-Net similarity (logit-scaled scores).
+
+    The bundle defaults to the one recorded in the index; its id must match the index's.
+    Returns one ``{"query", "results": [{"rank", "video_id", "score", "path"}]}`` per query.
+    """
+    from .bundle import open_bundle
+    from .encoder import BundleEncoder
+
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    path = Path(bundle_dir) if bundle_dir is not None else Path(index.meta["bundle"]["path"])
+    if bundle_dir is None and not path.is_dir():
+        raise VideoIndexError(f"{index.path}: the bundle recorded in the index, {path}, does not exist here; "
+                              f"pass --bundle (a bundle with id {index.meta['bundle']['id']})")
+    bundle = open_bundle(path, verify=False)  # files are verified when first used
+    if bundle.sha256 != index.meta["bundle"]["id"]:
+        raise VideoIndexError(f"{index.path} was built with bundle id {index.meta['bundle']['id']} but {path} has id "
+                          f"{bundle.sha256}: its text embeddings are not comparable; pass the original --bundle "
+                          "or rebuild the index")
+    with BundleEncoder(bundle, backend=backend, precision=index.meta["precision"], batch_size=batch_size) as enc:
+        text = np.asarray(enc.encode_texts(list(queries)), np.float32)
+    sim = similarity(text, index.frame_embeds, index.frame_mask, **index.similarity_args)
+    results = []
+    ids = index.video_ids
+    for q, row in zip(queries, sim):
+        top = _top_k(row, k)
+        results.append({"query": q, "results": [
+            {"rank": r + 1, "video_id": ids[i], "score": float(row[i]), "path": str(index.video_path(i))}
+            for r, i in enumerate(top)]})
+    return results
+
+
+# --------------------------------------------------------------------------------------------
+# command line
+# --------------------------------------------------------------------------------------------
+
+def _click_errors(action):
+    from .backends import BackendUnavailable
+    from .video import VideoDecodeError
+
+    try:
+        return action()
+    except VideoDecodeError as exc:
+        raise click.ClickException(f"{exc}\n(pass --skip-bad to skip unreadable videos)") from exc
+    except (ValueError, BackendUnavailable) as exc:  # VideoIndexError, BundleError, AnnotationError, settings
+        raise click.ClickException(str(exc)) from exc
+
+
+@click.command("index")
+@click.option("--bundle", "bundle_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Bundle directory (from `ts2net export`).")
+@click.option("--videos", "videos_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Folder of video files; the file name without extension is the video id.")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Index directory to write.")
+@click.option("--backend", default="ort-cpu", show_default=True, help="Inference backend (ort-cpu, ort-cuda, tensorrt).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--dtype", type=click.Choice(DTYPES), default="float16", show_default=True,
+              help="Storage type of frame embeddings (float16 halves the index; rankings barely move).")
+@click.option("--skip-bad", is_flag=True, help="Skip unreadable videos (listed in index.json) instead of stopping.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None,
+              help="Embedding cache root [default: $TS2NET_CACHE_DIR or ~/.cache/ts2net-deploy/embeddings].")
+@click.option("--no-cache", is_flag=True, help="No embedding cache (an interrupted build then starts over).")
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Video decoding threads (0: decode in the main thread).")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+def index_command(bundle_dir, videos_dir, out, backend, precision, dtype, skip_bad, batch_size, cache_dir, no_cache,
+                  workers, no_progress):
+    """Encode every video in a folder into a search index (resumable; unchanged videos are not re-encoded)."""
+    meta = _click_errors(lambda: build_index(
+        bundle_dir, videos_dir, out, backend=backend, precision=precision, skip_bad=skip_bad, batch_size=batch_size,
+        cache_dir=False if no_cache else cache_dir, dtype=dtype, progress=not no_progress, workers=workers))
+    b = meta["build"]
+    click.echo(f"indexed {meta['n_videos']} videos into {out} ({b['encoded']} encoded, {b['from_cache']} from the "
+               f"cache, {b['reused_from_index']} reused from the index; {b['seconds']:.1f} s)")
+    for s in meta["skipped"]:
+        click.echo(f"skipped {s['path']}: {s['reason']}")
+
+
+@click.command("search")
+@click.argument("index_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("queries", nargs=-1, required=True)
+@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Results per query.")
+@click.option("--bundle", "bundle_dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Bundle for the text side [default: the one recorded in the index].")
+@click.option("--backend", default="ort-cpu", show_default=True, help="Backend for encoding the query.")
+@click.option("--json", "as_json", is_flag=True,
+              help='Print JSON: a list of {"query", "results": [{"rank", "video_id", "score", "path"}]}.')
+def search_command(index_dir, queries, k, bundle_dir, backend, as_json):
+    """Rank the indexed videos for a text query (scores: logit-scaled TS2-Net similarity)."""
+    def run():
+        return search_index(open_index(index_dir), list(queries), k, bundle_dir=bundle_dir, backend=backend)
+
+    results = _click_errors(run)
+    if as_json:
+        click.echo(json.dumps(results, indent=1))  # always a list, one entry per query
+        return
+    for i, entry in enumerate(results):
+        if i:
+            click.echo("")
+        click.echo(f"query: {entry['query']}")
+        width = max(len(r["video_id"]) for r in entry["results"])
+        for r in entry["results"]:
+            click.echo(f"{r['rank']:>4}  {r['score']:9.4f}  {r['video_id']:<{width}}  {r['path']}")

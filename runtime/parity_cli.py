@@ -1,0 +1,211 @@
+"""`ts2net parity`: does a backend give the same answers as the PyTorch FP32 model?
+
+Two checks, each against the row of the design's parity table for the precision under test:
+
+1. Reference inputs: the bundle's `reference.npz` holds inputs and the PyTorch FP32 outputs
+   recorded at export, so this check needs no torch. The backend's outputs go through
+   `runtime.parity.compare_outputs` (embeddings, token selection, similarity, rankings).
+2. Real data (with --csv and --videos): the captions and videos are encoded with the backend
+   and with the bundle's FP32 graph on ONNX Runtime CPU. The runtime may not import torch, so the
+   FP32 graph stands in for PyTorch here; it is tied to PyTorch by check 1 and by the export's
+   own validation, and the report says so. Figures: the same comparison plus top-1 agreement and
+   the R@1 delta (text-to-video) of `runtime.metrics.retrieval_metrics`.
+
+Every failure of both checks is listed at once. Exit codes: 0 all checks pass, 1 a parity check
+fails, 2 the check could not run (bad bundle, backend unavailable, unreadable data).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from .backends import BACKENDS
+
+STAND_IN = ("ort-cpu", "fp32")  # the real-data reference: the FP32 graph on ONNX Runtime CPU
+
+
+class CannotRun(click.ClickException):
+    exit_code = 2
+
+
+def _precision_row(encoder) -> str:
+    """The parity row a backend is held to: the precision it actually runs (an engine's is fp16)."""
+    return encoder.backend("text").precision
+
+
+def check_reference(bundle, encoder) -> Any:
+    """Backend outputs on reference.npz's inputs vs the PyTorch FP32 outputs stored beside them."""
+    from .parity import compare_outputs
+
+    ref = bundle.reference()
+    text = encoder.encode_ids(ref["input_ids"])
+    frame_embeds, patch_indices = encoder.encode_frames(ref["frames"], ref["frame_mask"])
+    produced = {"text_embeds": text, "frame_embeds": frame_embeds, "frame_mask": ref["frame_mask"]}
+    if patch_indices is not None:
+        produced["patch_indices"] = patch_indices
+    return compare_outputs(ref, produced, _precision_row(encoder), **bundle.similarity_args)
+
+
+def check_real_data(bundle, encoder, annotations: Path, videos: Path, limit: int | None, batch_size: int,
+                    threads: int | None, progress: bool, workers: int) -> dict[str, Any]:
+    """Encode real captions and videos with the backend and with the stand-in reference; compare."""
+    from . import datasets
+    from .encoder import BundleEncoder, decode_videos
+    from .frame_similarity import similarity
+    from .metrics import retrieval_metrics
+    from .parity import THRESHOLDS, compare_outputs
+
+    rs = datasets.load_retrieval_set(annotations, videos, subsets=False, allow_missing=True)
+    if limit is not None and limit < len(rs.video_ids):
+        rs, _ = rs.without_videos(rs.video_ids[limit:])
+    row = _precision_row(encoder)
+    same = (encoder.backend_name, row) == STAND_IN
+    reference = encoder if same else BundleEncoder(bundle, *STAND_IN, batch_size=batch_size, threads=threads)
+    skipped: list[tuple[str, str]] = []
+    kept, a_embeds, a_indices, b_embeds, b_indices, masks = [], [], [], [], [], []
+    try:
+        for batch in decode_videos(bundle, rs.paths(), batch_size, skip_bad=True, skipped=skipped,
+                                   progress=progress, workers=workers):
+            fe, pi = encoder.encode_frames(batch.frames, batch.mask)
+            rfe, rpi = (fe, pi) if same else reference.encode_frames(batch.frames, batch.mask)
+            kept += batch.paths
+            masks.append(batch.mask)
+            a_embeds.append(fe), b_embeds.append(rfe)
+            if pi is not None:
+                a_indices.append(pi), b_indices.append(rpi)
+        path_to_id = {str(rs.video_paths[v]): v for v in rs.video_ids}
+        skipped_ids = [path_to_id[p] for p, _ in skipped]
+        rs, removed = rs.without_videos(skipped_ids)
+        data: dict[str, Any] = {
+            "annotations": str(annotations), "videos": str(videos), "format": rs.format,
+            "n_captions": len(rs.captions), "n_videos": len(rs.video_ids),
+            "reference": "FP32 ONNX graph on ONNX Runtime CPU (stand-in for PyTorch FP32: the runtime does not "
+                         "import torch; the graph matches PyTorch on the reference inputs)",
+            "skipped_videos": [{"video_id": v, "path": p, "reason": r} for v, (p, r) in zip(skipped_ids, skipped)],
+            "captions_dropped_with_skipped_videos": len(removed),
+        }
+        if same:
+            data["note"] = ("the backend under test is the stand-in reference itself, so the real-data comparison "
+                            "is trivially identical; use it for the metrics only")
+        if not rs.video_ids:
+            data["failures"] = [f"real data: no readable video ({len(skipped)} skipped)"]
+            return data
+        texts = rs.texts
+        produced = {"text_embeds": encoder.encode_texts(texts, progress=progress),
+                    "frame_embeds": np.concatenate(a_embeds), "frame_mask": np.concatenate(masks)}
+        expected = {"text_embeds": produced["text_embeds"] if same else reference.encode_texts(texts),
+                    "frame_embeds": np.concatenate(b_embeds), "frame_mask": produced["frame_mask"]}
+        if a_indices:
+            produced["patch_indices"], expected["patch_indices"] = np.concatenate(a_indices), np.concatenate(b_indices)
+    finally:
+        if not same:
+            reference.close()
+    result = compare_outputs(expected, produced, row, **bundle.similarity_args)
+    gt = rs.caption_video
+    sims = [similarity(d["text_embeds"], d["frame_embeds"], d["frame_mask"], **bundle.similarity_args)
+            for d in (expected, produced)]
+    metrics = [retrieval_metrics(s, gt) for s in sims]
+    delta = metrics[1]["R1"] - metrics[0]["R1"]
+    figures = {"t2v_reference": metrics[0], "t2v_backend": metrics[1], "r1_delta_points": delta,
+               "top1_agreement": float(np.mean(sims[0].argmax(1) == sims[1].argmax(1)))}
+    failures = [f"real data: {f}" for f in result.failures]
+    limit_delta = THRESHOLDS[row].get("r1_delta_abs")
+    if limit_delta is not None and abs(delta) > limit_delta:
+        failures.append(f"real data: |R@1 delta| {abs(delta):.2f} points > {limit_delta}")
+    data.update({"comparison": result.to_dict(), "retrieval": figures, "failures": failures})
+    data["markdown"] = result.to_markdown(f"Real data: {encoder.backend_name} vs FP32 ONNX Runtime CPU")
+    return data
+
+
+def render_markdown(report: dict[str, Any], reference_md: str) -> str:
+    from .reports import environment_markdown
+
+    lines = [f"# Parity: {report['backend']} ({report['precision']}) — {'PASS' if report['passed'] else 'FAIL'}", "",
+             f"Bundle `{report['bundle']['path']}` (id {report['bundle']['id']}, model {report['bundle']['model']}, "
+             f"source: {report['bundle']['source']}).", "",
+             f"Thresholds: the {report['precision']} row of the design's parity table.", ""]
+    if report["failures"]:
+        lines += ["## Failures", "", *[f"- {f}" for f in report["failures"]], ""]
+    lines += ["## Reference inputs vs PyTorch FP32 (reference.npz)", "", reference_md]
+    real = report.get("real_data")
+    if real:
+        lines += ["## Real data", "", f"{real['n_captions']} captions, {real['n_videos']} videos from "
+                  f"`{real['annotations']}`. Reference: {real['reference']}.", ""]
+        if real.get("note"):
+            lines += [f"Note: {real['note']}.", ""]
+        if "retrieval" in real:
+            r = real["retrieval"]
+            lines += ["| t2v | R@1 | R@5 | R@10 | MdR | MnR |", "|---|---|---|---|---|---|"]
+            for label, key in (("reference", "t2v_reference"), ("backend", "t2v_backend")):
+                m = r[key]
+                lines.append(f"| {label} | {m['R1']:.2f} | {m['R5']:.2f} | {m['R10']:.2f} | {m['MdR']:g} | "
+                             f"{m['MnR']:.2f} |")
+            lines += ["", f"R@1 delta: {r['r1_delta_points']:+.2f} points; top-1 video agreement: "
+                      f"{r['top1_agreement']:.2%}.", "", real.get("markdown", "")]
+        if real["skipped_videos"]:
+            lines += [f"{len(real['skipped_videos'])} unreadable video(s) skipped with their captions:", ""]
+            lines += [f"- `{s['path']}`: {s['reason']}" for s in real["skipped_videos"]]
+            lines.append("")
+    lines += ["## Environment", "", environment_markdown(report["environment"])]
+    return "\n".join(lines)
+
+
+@click.command("parity")
+@click.option("--bundle", "bundle_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Bundle directory.")
+@click.option("--backend", type=click.Choice(BACKENDS), default="ort-cpu", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default=None,
+              help="Graph precision for ONNX Runtime (default fp32); TensorRT runs its engine's precision.")
+@click.option("--csv", "annotations", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Captions: MSR-VTT 1k-A CSV (key,vid_key,video_id,sentence), or CSV/JSONL of video_id,caption.")
+@click.option("--videos", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Folder of {video_id}.mp4 files for --csv.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N videos of --csv.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("reports/parity"),
+              show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
+@click.option("--workers", type=click.IntRange(min=0), default=0, help="Video decoding threads.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def parity_command(bundle_dir, backend, precision, annotations, videos, limit, out_dir, batch_size, threads, workers,
+                   progress):
+    """Compare a backend with the PyTorch FP32 reference; non-zero exit on any failure."""
+    from .backends import BackendUnavailable
+    from .bundle import BundleError, open_bundle
+    from .encoder import BundleEncoder
+    from .reports import environment, write_report
+
+    if (annotations is None) != (videos is None):
+        raise click.UsageError("--csv and --videos go together")
+    try:
+        bundle = open_bundle(bundle_dir)
+        encoder = BundleEncoder(bundle, backend, precision, batch_size=batch_size, threads=threads)
+        with encoder:
+            row = _precision_row(encoder)
+            reference = check_reference(bundle, encoder)
+            real = (check_real_data(bundle, encoder, annotations, videos, limit, batch_size, threads, progress,
+                                    workers) if annotations is not None else None)
+    except (BundleError, BackendUnavailable, OSError, ValueError) as exc:
+        raise CannotRun(str(exc)) from exc
+    failures = [f"reference inputs: {f}" for f in reference.failures] + (real or {}).get("failures", [])
+    source = (bundle.manifest.get("source_checkpoint") or {}).get("name")
+    report = {
+        "command": "parity", "passed": not failures, "backend": backend, "precision": row,
+        "bundle": {"path": str(bundle.path.resolve()), "id": bundle.sha256, "model": bundle.model.get("name"),
+                   "source": source, "valid": bundle.valid},
+        "failures": failures, "reference_inputs": reference.to_dict(), "real_data": real,
+        "environment": environment(),
+    }
+    markdown = render_markdown(report, reference.to_markdown(f"{backend} vs PyTorch FP32"))
+    if real is not None:
+        real.pop("markdown", None)
+    json_path, md_path = write_report(out_dir, "parity", report, markdown)
+    click.echo(f"parity {backend} {row}: {'PASS' if not failures else 'FAIL'} "
+               f"({len(failures)} failure(s)); report: {json_path}, {md_path}")
+    for failure in failures:
+        click.echo(f"  - {failure}")
+    if failures:
+        click.get_current_context().exit(1)

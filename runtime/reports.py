@@ -1,0 +1,215 @@
+"""Writing run reports: one JSON file with every number, one Markdown summary, the environment.
+
+Numbers without the machine they came from cannot be compared, so every report carries
+`environment()` (CPU model and cores, GPUs, library versions). Files are written atomically
+(temporary file + rename): an interrupted run never leaves a half-written report that a later
+comparison would read.
+
+Library versions come from package metadata, so describing the environment never imports
+torch or TensorRT.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from datetime import datetime, timezone
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+LIBRARIES = ("ts2net-deploy", "numpy", "onnxruntime", "onnxruntime-gpu", "onnx", "tensorrt", "polygraphy",
+             "tokenizers", "av", "torch", "click", "matplotlib")
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to `path` via a temporary file in the same directory and a rename."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def _to_json(value: Any) -> Any:
+    """json.dumps fallback for numpy scalars/arrays, paths and dataclasses."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    raise TypeError(f"cannot write {type(value).__name__} to a JSON report")
+
+
+def _finite(value: Any) -> Any:
+    """NaN/inf are not JSON; report them as null rather than writing an unreadable file."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def write_report(out_dir: str | os.PathLike, stem: str, data: dict, markdown: str) -> tuple[Path, Path]:
+    """Write `{stem}.json` (data, plus an "environment" entry when data has none) and `{stem}.md`."""
+    out = Path(out_dir)
+    payload = dict(data)
+    if "environment" not in payload:
+        payload["environment"] = environment()
+    text = json.dumps(_finite(json.loads(json.dumps(payload, default=_to_json))), indent=2, allow_nan=False)
+    json_path = atomic_write_bytes(out / f"{stem}.json", (text + "\n").encode())
+    md_path = atomic_write_bytes(out / f"{stem}.md", (markdown.rstrip() + "\n").encode())
+    return json_path, md_path
+
+
+# ------------------------------------------------------------------------------ environment
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cpu_flags() -> list[str]:
+    """SIMD features that decide CPU GEMM speed (AVX2 / AVX-512 / AMX)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return sorted(f for f in flags if f in {"avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni",
+                                                         "avx512_fp16", "amx_tile", "amx_bf16", "f16c"})
+    except OSError:
+        pass
+    return []
+
+
+def _memory_gib() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 1024 ** 2, 1)
+    except OSError:
+        pass
+    return None
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (CPU affinity / container limits), not the host's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+@lru_cache(maxsize=1)
+def gpus() -> tuple[dict[str, Any], ...]:
+    """GPUs visible to this process: name, compute capability, driver, memory. Empty without NVIDIA tools.
+
+    Asks nvidia-smi (no CUDA library needed in this process); if it is missing or too old to
+    report the compute capability, asks the CUDA driver library directly.
+    """
+    found: list[dict[str, Any]] = []
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        try:
+            out = subprocess.run([smi, "--query-gpu=name,compute_cap,driver_version,memory.total",
+                                  "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=20)
+            if out.returncode == 0:
+                for line in out.stdout.strip().splitlines():
+                    name, cap, driver, memory = [p.strip() for p in line.split(",")]
+                    found.append({"name": name, "compute_capability": cap, "driver": driver,
+                                  "memory_mib": int(float(memory)) if memory.replace(".", "").isdigit() else None})
+        except (OSError, subprocess.SubprocessError, ValueError):
+            found = []
+    if not found or any(not g["compute_capability"][:1].isdigit() for g in found):
+        driver = _cuda_driver_gpus()
+        if driver:
+            found = driver
+    return tuple(found)
+
+
+def _cuda_driver_gpus() -> list[dict[str, Any]]:
+    """Name and compute capability through libcuda (cuDeviceGetName / cuDeviceGetAttribute)."""
+    import ctypes
+
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return []
+    if cuda.cuInit(0) != 0:
+        return []
+    count = ctypes.c_int()
+    if cuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return []
+    result = []
+    for index in range(count.value):
+        device, major, minor = ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
+        name = ctypes.create_string_buffer(256)
+        if cuda.cuDeviceGet(ctypes.byref(device), index) != 0:
+            continue
+        cuda.cuDeviceGetName(name, 256, device)
+        cuda.cuDeviceGetAttribute(ctypes.byref(major), 75, device)  # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR
+        cuda.cuDeviceGetAttribute(ctypes.byref(minor), 76, device)  # ..._MINOR
+        result.append({"name": name.value.decode(errors="replace"),
+                       "compute_capability": f"{major.value}.{minor.value}", "driver": None, "memory_mib": None})
+    return result
+
+
+def library_versions() -> dict[str, str]:
+    versions = {}
+    for package in LIBRARIES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def environment() -> dict[str, Any]:
+    """The machine and software a report's numbers were measured on."""
+    return {
+        "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": {"model": _cpu_model(), "machine": platform.machine(), "usable_cores": usable_cores(),
+                "logical_cpus": os.cpu_count(), "simd": _cpu_flags()},
+        "memory_gib": _memory_gib(),
+        # other processes competing for the cores make every timing slower: record how busy the machine was
+        "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "gpus": list(gpus()),
+        "libraries": library_versions(),
+    }
+
+
+def environment_markdown(env: dict[str, Any]) -> str:
+    """Two lines a reader needs to judge the numbers."""
+    cpu = env["cpu"]
+    gpu = ", ".join(f"{g['name']} (sm {g['compute_capability']})" for g in env["gpus"]) or "none"
+    libs = ", ".join(f"{k} {v}" for k, v in env["libraries"].items())
+    return (f"- CPU: {cpu['model']}, {cpu['usable_cores']} usable cores, SIMD {'/'.join(cpu['simd']) or '?'}; "
+            f"memory {env['memory_gib']} GiB; GPU: {gpu}; load average (1 min) {env.get('load_average_1m')}\n- Python {env['python']}; {libs}\n")

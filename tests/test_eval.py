@@ -1,0 +1,365 @@
+"""`ts2net eval`, the annotation readers and the embedding cache, end to end on a tiny bundle.
+
+The bundle is the fixed-seed tiny model exported once per session; the videos are a few tiny
+MPEG-4 clips of different colours and lengths written with PyAV. The model is random, so the
+tests never assume a caption finds "its" video: every reported number is checked against
+metrics recomputed here from an independently computed similarity matrix (encoder + the
+public `runtime.similarity` / `runtime.metrics` functions, none of the eval code).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from runtime import dsl_rescale, retrieval_metrics, similarity
+from runtime.datasets import AnnotationError, load_retrieval_set, read_annotations, read_subsets
+from runtime.metrics import metrics_from_ranks, ranks, v2t_metrics, v2t_ranks
+from runtime.video import VideoDecodeError
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 230, 40),
+           "white": (240, 240, 240), "black": (20, 20, 20)}
+METRIC_KEYS = ("R1", "R5", "R10", "R50", "MdR", "MnR", "n_queries")
+
+# --------------------------------------------------------------------------------------------
+# shared data (also imported by test_index.py; memoised so the bundle is exported once per session)
+# --------------------------------------------------------------------------------------------
+_SHARED: dict[str, Path] = {}
+
+
+def write_clip(path: Path, colour, seconds: float, fps: int = 10, w: int = 64, h: int = 48) -> Path:
+    """A small MPEG-4 clip: a flat colour with a square of the complementary colour moving right."""
+    container = av.open(str(path), "w")
+    stream = container.add_stream("mpeg4", rate=fps)
+    stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+    for i in range(max(1, int(round(seconds * fps)))):
+        img = np.empty((h, w, 3), np.uint8)
+        img[:] = colour
+        x = (3 * i) % (w - 8)
+        img[10:18, x:x + 8] = 255 - np.asarray(colour, np.uint8)
+        for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+    return path
+
+
+def shared_bundle(tmp_path_factory) -> Path:
+    if "bundle" not in _SHARED:
+        from export.bundle import export_bundle
+
+        out = tmp_path_factory.mktemp("bundle")
+        export_bundle(out, progress=False)
+        _SHARED["bundle"] = out
+    return _SHARED["bundle"]
+
+
+def shared_videos(tmp_path_factory) -> Path:
+    """Six clips video0..video5 (1 to 5 s, so 1 to 5 sampled frames of 12)."""
+    if "videos" not in _SHARED:
+        folder = tmp_path_factory.mktemp("clips") / "videos"
+        folder.mkdir()
+        for i, colour in enumerate(COLOURS.values()):
+            write_clip(folder / f"video{i}.mp4", colour, 1 + 0.8 * i)
+        _SHARED["videos"] = folder
+    return _SHARED["videos"]
+
+
+def caption(i: int) -> str:
+    return f"a {list(COLOURS)[i]} screen with a small square moving"
+
+
+def write_1ka_csv(path: Path, n: int = 6) -> Path:
+    rows = ["key,vid_key,video_id,sentence"] + [f"ret{i},msr{i},video{i},{caption(i)}" for i in range(n)]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def independent_similarity(bundle_dir: Path, texts, video_paths):
+    """Similarity computed without runtime.eval / runtime.embedding_cache."""
+    from runtime.bundle import open_bundle
+    from runtime.encoder import BundleEncoder
+
+    bundle = open_bundle(bundle_dir)
+    with BundleEncoder(bundle) as encoder:
+        text = encoder.encode_texts(list(texts))
+        videos = encoder.encode_video_files([str(p) for p in video_paths], progress=False)
+    return similarity(text, videos.frame_embeds, videos.frame_mask, **bundle.similarity_args)
+
+
+class EncoderSpy:
+    """Counts what goes through BundleEncoder (wraps the real methods, so results are unchanged)."""
+
+    def __init__(self, monkeypatch):
+        from runtime.encoder import BundleEncoder
+
+        self.videos: list[str] = []
+        self.texts: list[str] = []
+        real_videos, real_texts = BundleEncoder.encode_video_files, BundleEncoder.encode_texts
+        spy = self
+
+        def encode_video_files(self, paths, *args, **kwargs):
+            spy.videos += [Path(p).name for p in paths]
+            return real_videos(self, paths, *args, **kwargs)
+
+        def encode_texts(self, texts, *args, **kwargs):
+            spy.texts += list(texts)
+            return real_texts(self, texts, *args, **kwargs)
+
+        monkeypatch.setattr(BundleEncoder, "encode_video_files", encode_video_files)
+        monkeypatch.setattr(BundleEncoder, "encode_texts", encode_texts)
+
+    def reset(self):
+        self.videos.clear()
+        self.texts.clear()
+
+
+def assert_metrics_equal(reported: dict, expected: dict):
+    for key in METRIC_KEYS:
+        assert reported[key] == pytest.approx(expected[key], abs=1e-9), key
+
+
+# --------------------------------------------------------------------------------------------
+# fixtures
+# --------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def bundle_dir(tmp_path_factory) -> Path:
+    return shared_bundle(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def videos_dir(tmp_path_factory) -> Path:
+    return shared_videos(tmp_path_factory)
+
+
+@pytest.fixture()
+def dataset(tmp_path, videos_dir):
+    """A private copy of the clips with a 1k-A CSV beside it (tests may modify both)."""
+    root = tmp_path / "data"
+    shutil.copytree(videos_dir, root / "videos")
+    csv_path = write_1ka_csv(root / "MSRVTT_JSFUSION_test.csv")
+    return root, csv_path, root / "videos"
+
+
+# --------------------------------------------------------------------------------------------
+# datasets
+# --------------------------------------------------------------------------------------------
+
+def test_1ka_csv_and_multi_caption_jsonl_are_read(dataset):
+    root, csv_path, videos = dataset
+    rs = load_retrieval_set(csv_path, videos)
+    assert rs.format == "msrvtt-1ka"
+    assert rs.video_ids == [f"video{i}" for i in range(6)]
+    assert rs.texts == [caption(i) for i in range(6)]
+    np.testing.assert_array_equal(rs.caption_video, np.arange(6))
+    assert rs.paths()[2] == videos / "video2.mp4"
+
+    jsonl = root / "captions.jsonl"
+    lines = [{"video_id": "video1", "caption": "first"}, {"video_id": "video0", "caption": "second"},
+             {"video_id": "video1", "sentence": "third"}]
+    jsonl.write_text("\n".join(json.dumps(x) for x in lines) + "\n\n")
+    rs = load_retrieval_set(jsonl, videos)
+    assert (rs.format, rs.video_ids, rs.texts) == ("jsonl", ["video1", "video0"], ["first", "second", "third"])
+    np.testing.assert_array_equal(rs.caption_video, [0, 1, 0])
+
+    generic = root / "generic.csv"
+    generic.write_text("video_id,caption\nvideo3,one\nvideo3,\"two, with a comma\"\n")
+    (videos / "video3.mp4").rename(videos / "video3.webm")  # other extensions are found too
+    rs = load_retrieval_set(generic, videos)
+    assert rs.format == "csv" and rs.texts == ["one", "two, with a comma"]
+    assert rs.video_paths["video3"].name == "video3.webm"
+
+
+def test_annotation_errors_name_file_line_and_column(dataset):
+    root, _, videos = dataset
+    bad = root / "bad.csv"
+    bad.write_text("key,video_id,text\nret0,video0,hello\n")
+    with pytest.raises(AnnotationError, match=r"bad\.csv: missing caption column: expected 'caption' or 'sentence'"):
+        read_annotations(bad)
+    bad.write_text("key,vid,sentence\nret0,video0,hello\n")
+    with pytest.raises(AnnotationError, match=r"bad\.csv: missing column 'video_id'"):
+        read_annotations(bad)
+    bad.write_text("video_id,sentence\nvideo0,hello\nvideo1,   \n")
+    with pytest.raises(AnnotationError, match=r"bad\.csv: line 3: column 'sentence' is empty"):
+        read_annotations(bad)
+    bad.write_text("video_id,sentence\nvideo0,hello\nnope,where is it\n")
+    with pytest.raises(AnnotationError, match=r"bad\.csv: line 3: video_id 'nope' has no video file in "):
+        load_retrieval_set(bad, videos)
+    jsonl = root / "bad.jsonl"
+    jsonl.write_text('{"video_id": "video0", "caption": "ok"}\n{"video_id": "video1"\n')
+    with pytest.raises(AnnotationError, match=r"bad\.jsonl: line 2: not valid JSON"):
+        read_annotations(jsonl)
+    jsonl.write_text('{"video_id": "video0", "text": "no caption key"}\n')
+    with pytest.raises(AnnotationError, match=r"bad\.jsonl: line 1: missing key 'caption'"):
+        read_annotations(jsonl)
+    subsets = root / "subsets.json"
+    subsets.write_text('{"motion": ["video0", 3]}')
+    with pytest.raises(AnnotationError, match=r"subsets\.json: key 'motion' must be a list of video id strings"):
+        read_subsets(subsets, ["video0"])
+
+
+# --------------------------------------------------------------------------------------------
+# evaluation
+# --------------------------------------------------------------------------------------------
+
+def test_eval_end_to_end_matches_independent_metrics(bundle_dir, dataset, tmp_path):
+    from runtime.eval import evaluate
+
+    root, csv_path, videos = dataset
+    (root / "subsets.json").write_text(json.dumps({
+        "motion": ["video0", "video1", "train_only_video"], "small_object": ["video4"], "empty": ["elsewhere"],
+        "pairs": {"video0": "video1", "video1": "video0", "video4": "train_only_video"},
+        "pair_change": {"video0": "direction"}}))
+    out = tmp_path / "reports"
+    data = evaluate(bundle_dir, csv_path, videos, out_dir=out, cache_dir=tmp_path / "cache", progress=False)
+
+    # the files: JSON with every number, Markdown summary, recall PNG
+    json_path, md_path = Path(data["files"]["json"]), Path(data["files"]["markdown"])
+    assert json_path.parent == out and md_path.suffix == ".md"
+    assert Path(data["files"]["recall_png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = json.loads(json_path.read_text())
+    assert report["environment"]["libraries"]["onnxruntime"]
+    assert report["skipped_videos"] == [] and report["removed_queries"] == []
+    for step in ("encode_texts", "encode_videos", "similarity", "total"):
+        assert report["timing_seconds"][step] >= 0
+
+    sim = independent_similarity(bundle_dir, [caption(i) for i in range(6)], [videos / f"video{i}.mp4" for i in range(6)])
+    expected = {"t2v": retrieval_metrics(sim), "v2t": retrieval_metrics(sim.T),
+                "t2v_dsl": retrieval_metrics(dsl_rescale(sim)), "v2t_dsl": retrieval_metrics(dsl_rescale(sim.T))}
+    for name, want in expected.items():
+        assert_metrics_equal(report["metrics"][name], want)
+    assert [q["t2v_rank"] for q in report["queries"]] == ranks(sim).tolist()
+
+    # hard subsets: queries = the subset's captions, candidates = all six videos
+    motion = report["subsets"]["motion"]
+    assert (motion["n_videos"], motion["n_captions"], motion["ignored_ids_not_evaluated"]) == (2, 2, 1)
+    assert_metrics_equal(motion["t2v"], metrics_from_ranks(ranks(sim)[[0, 1]]))
+    assert_metrics_equal(motion["t2v_dsl"], metrics_from_ranks(ranks(dsl_rescale(sim))[[0, 1]]))
+    assert_metrics_equal(motion["v2t"], metrics_from_ranks(ranks(sim.T)[[0, 1]]))
+    own_wins = [sim[0, 0] > sim[0, 1], sim[1, 1] > sim[1, 0]]
+    assert motion["pair_accuracy"]["accuracy"] == pytest.approx(100.0 * sum(own_wins) / 2)
+    assert "pair_accuracy" not in report["subsets"]["small_object"]  # its partner is not evaluated
+    assert report["subsets"]["empty"]["n_videos"] == 0
+    assert report["pairs"]["all"]["n_queries"] == 2
+
+    md = md_path.read_text()
+    assert "| text→video |" in md and "## Hard subsets" in md and "recall.png" in md
+    assert f"{report['metrics']['t2v']['R1']:.1f}" in md
+
+
+def test_eval_multi_caption_jsonl(bundle_dir, dataset, tmp_path):
+    from runtime.eval import evaluate
+
+    root, _, videos = dataset
+    rows = [("video0", "red one"), ("video2", "blue one"), ("video0", "red two"), ("video5", "black one"),
+            ("video2", "blue two"), ("video2", "blue three")]
+    jsonl = root / "multi.jsonl"
+    jsonl.write_text("".join(json.dumps({"video_id": v, "caption": c}) + "\n" for v, c in rows))
+    data = evaluate(bundle_dir, jsonl, videos, out_dir=tmp_path / "r", cache_dir=False, progress=False,
+                    subsets=False, plot=False)
+    order = ["video0", "video2", "video5"]
+    gt = np.array([order.index(v) for v, _ in rows])
+    sim = independent_similarity(bundle_dir, [c for _, c in rows], [videos / f"{v}.mp4" for v in order])
+    assert_metrics_equal(data["metrics"]["t2v"], retrieval_metrics(sim, gt))
+    assert_metrics_equal(data["metrics"]["v2t"], v2t_metrics(sim, gt))
+    assert_metrics_equal(data["metrics"]["t2v_dsl"], retrieval_metrics(dsl_rescale(sim), gt))
+    assert_metrics_equal(data["metrics"]["v2t_dsl"],
+                         metrics_from_ranks(v2t_ranks(dsl_rescale(sim.T).T, gt)))
+    assert data["metrics"]["t2v"]["n_queries"] == 6 and data["metrics"]["v2t"]["n_queries"] == 3
+    assert "recall_png" not in data["files"]
+
+
+def test_cache_second_run_encodes_nothing_and_changed_video_is_reencoded(bundle_dir, dataset, tmp_path, monkeypatch):
+    from runtime.eval import evaluate
+
+    _, csv_path, videos = dataset
+    spy = EncoderSpy(monkeypatch)
+    cache = tmp_path / "cache"
+    kwargs = dict(out_dir=tmp_path / "r", cache_dir=cache, progress=False, plot=False)
+
+    first = evaluate(bundle_dir, csv_path, videos, **kwargs)
+    assert sorted(spy.videos) == [f"video{i}.mp4" for i in range(6)] and len(spy.texts) == 6
+    assert first["cache"]["videos_encoded"] == 6
+
+    spy.reset()
+    second = evaluate(bundle_dir, csv_path, videos, **kwargs)
+    assert spy.videos == [] and spy.texts == []
+    assert (second["cache"]["videos_from_cache"], second["cache"]["texts_from_cache"]) == (6, 6)
+    assert second["metrics"] == first["metrics"]
+
+    # a changed file (same name) is encoded again, and only that one
+    write_clip(videos / "video3.mp4", (128, 0, 128), 2.5)
+    spy.reset()
+    third = evaluate(bundle_dir, csv_path, videos, **kwargs)
+    assert spy.videos == ["video3.mp4"] and spy.texts == []
+    uncached = evaluate(bundle_dir, csv_path, videos, **{**kwargs, "cache_dir": False})
+    assert third["metrics"] == uncached["metrics"]
+    assert len({first["files"]["json"], second["files"]["json"], third["files"]["json"]}) == 3  # one report per run
+
+    # another precision is another cache key
+    spy.reset()
+    evaluate(bundle_dir, csv_path, videos, precision="fp16", **kwargs)
+    assert len(spy.videos) == 6
+
+
+def test_corrupt_video_stops_by_default_and_is_listed_with_skip_bad(bundle_dir, dataset, tmp_path):
+    from runtime.cli import main
+    from runtime.eval import evaluate
+
+    root, csv_path, videos = dataset
+    good = (videos / "video5.mp4").read_bytes()
+    (videos / "video6.mp4").write_bytes(good[: len(good) // 2])  # truncated: unreadable
+    with csv_path.open("a") as f:
+        f.write("ret6,msr6,video6,a truncated file\n")
+
+    with pytest.raises(VideoDecodeError, match=r"video6\.mp4"):
+        evaluate(bundle_dir, csv_path, videos, out_dir=tmp_path / "r", cache_dir=tmp_path / "c", progress=False)
+    args = ["eval", "--bundle", str(bundle_dir), "--csv", str(csv_path), "--videos", str(videos),
+            "--out", str(tmp_path / "cli"), "--cache", str(tmp_path / "c"), "--no-progress"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code != 0 and "video6.mp4" in result.output and "--skip-bad" in result.output
+
+    # a missing file is reported the same way with --skip-bad (and is an annotation error without)
+    with csv_path.open("a") as f:
+        f.write("ret7,msr7,video7,no such file\n")
+    with pytest.raises(AnnotationError, match=r"line 9: video_id 'video7'"):
+        evaluate(bundle_dir, csv_path, videos, out_dir=tmp_path / "r", cache_dir=False, progress=False)
+
+    result = CliRunner().invoke(main, args + ["--skip-bad"])
+    assert result.exit_code == 0, result.output
+    assert "skipped 2 unreadable video(s)" in result.output and "text→video" in result.output
+    report = json.loads(next((tmp_path / "cli").glob("*.json")).read_text())
+    assert [s["video_id"] for s in report["skipped_videos"]] == ["video6", "video7"]
+    assert "file not found" in report["skipped_videos"][1]["reason"]
+    assert [q["video_id"] for q in report["removed_queries"]] == ["video6", "video7"]
+    assert report["metrics"]["t2v"]["n_queries"] == 6 and report["dataset"]["n_captions"] == 8
+    sim = independent_similarity(bundle_dir, [caption(i) for i in range(6)], [videos / f"video{i}.mp4" for i in range(6)])
+    assert_metrics_equal(report["metrics"]["t2v"], retrieval_metrics(sim))
+    md = next((tmp_path / "cli").glob("*.md")).read_text()
+    assert "## Skipped videos" in md and "video6.mp4" in md
+
+
+def test_eval_cli_prints_metrics_and_writes_reports(bundle_dir, dataset, tmp_path):
+    from runtime.cli import main
+
+    _, csv_path, videos = dataset
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["eval", "--bundle", str(bundle_dir), "--csv", str(csv_path), "--videos",
+                                       str(videos), "--out", str(out), "--cache", str(tmp_path / "c"),
+                                       "--batch-size", "4", "--workers", "2", "--save-sim", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    for label in ("text→video", "video→text", "text→video (DSL)", "video→text (DSL)", "wrote"):
+        assert label in result.output
+    assert sorted(p.suffix for p in out.iterdir()) == [".json", ".md", ".npy", ".png"]
+    report = json.loads(next(out.glob("*.json")).read_text())
+    assert report["batch_size"] == 4
+    sim = independent_similarity(bundle_dir, [caption(i) for i in range(6)], [videos / f"video{i}.mp4" for i in range(6)])
+    np.testing.assert_allclose(np.load(next(out.glob("*-sim.npy"))), sim, rtol=1e-5, atol=1e-5)
+    assert [q["t2v_top1"] for q in report["queries"]] == [f"video{i}" for i in sim.argmax(axis=1)]

@@ -1,0 +1,144 @@
+"""`ts2net index` / `ts2net search`: build, search, resume, and refuse a foreign bundle.
+
+Shares the session's tiny bundle and clips with test_eval.py. The model is random, so "the right
+top-1" is the video with the highest score in an independently computed similarity row.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from runtime.cli import main
+from runtime.index import VideoIndexError, build_index, open_index, search_index
+from test_eval import EncoderSpy, caption, independent_similarity, shared_bundle, shared_videos, write_clip
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(tmp_path_factory) -> Path:
+    return shared_bundle(tmp_path_factory)
+
+
+@pytest.fixture()
+def videos(tmp_path, tmp_path_factory) -> Path:
+    folder = tmp_path / "videos"
+    shutil.copytree(shared_videos(tmp_path_factory), folder)
+    return folder
+
+
+def test_index_then_search_returns_the_top_video(bundle_dir, videos, tmp_path):
+    index_dir, cache = tmp_path / "index", tmp_path / "cache"
+    runner = CliRunner()
+    result = runner.invoke(main, ["index", "--bundle", str(bundle_dir), "--videos", str(videos), "--out",
+                                  str(index_dir), "--cache", str(cache), "--dtype", "float32", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "indexed 6 videos" in result.output and "6 encoded" in result.output
+
+    meta = json.loads((index_dir / "index.json").read_text())
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    assert meta["similarity"]["logit_scale"] == manifest["similarity"]["logit_scale"]
+    assert meta["bundle"]["path"] == str(bundle_dir.resolve())
+    assert [v["id"] for v in meta["videos"]] == [f"video{i}" for i in range(6)]
+    assert [v["frames"] for v in meta["videos"]] == [1, 2, 3, 4, 5, 5]
+
+    queries = [caption(2), "a dark screen"]
+    sim = independent_similarity(bundle_dir, queries, [videos / f"video{i}.mp4" for i in range(6)])
+    result = runner.invoke(main, ["search", str(index_dir), *queries, "-k", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    hits = json.loads(result.output)
+    for row, entry in zip(sim, hits):
+        order = np.argsort(-row, kind="stable")[:3]
+        assert [h["video_id"] for h in entry["results"]] == [f"video{i}" for i in order]
+        np.testing.assert_allclose([h["score"] for h in entry["results"]], row[order], rtol=1e-5, atol=1e-5)
+        assert entry["results"][0]["path"] == str((videos / f"video{order[0]}.mp4").resolve())
+
+    # human-readable output: the top video on the first result line
+    result = runner.invoke(main, ["search", str(index_dir), caption(2), "-k", "2", "--bundle", str(bundle_dir)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == f"query: {caption(2)}" and f"video{np.argmax(sim[0])}" in lines[1] and len(lines) == 3
+
+    # the default float16 storage ranks the same here and halves the arrays
+    small = build_index(bundle_dir, videos, tmp_path / "index16", cache_dir=cache, progress=False)
+    assert small["dtype"] == "float16" and small["build"]["from_cache"] == 6
+    top = search_index(open_index(tmp_path / "index16"), queries, k=1)
+    assert [t["results"][0]["video_id"] for t in top] == [f"video{np.argmax(r)}" for r in sim]
+    np.testing.assert_allclose([t["results"][0]["score"] for t in top], sim.max(axis=1), atol=0.05)
+
+
+def test_index_resumes_and_reencodes_only_new_or_changed_videos(bundle_dir, videos, tmp_path, monkeypatch):
+    spy = EncoderSpy(monkeypatch)
+    index_dir, cache = tmp_path / "index", tmp_path / "cache"
+    held_back = tmp_path / "later"
+    held_back.mkdir()
+    for name in ("video4.mp4", "video5.mp4"):
+        (videos / name).rename(held_back / name)
+
+    # an interrupted first build: the second chunk fails, nothing is committed, chunk 1 is cached
+    from runtime.encoder import BundleEncoder
+
+    wrapped = BundleEncoder.encode_video_files
+    calls = []
+
+    def interrupted(self, paths, *args, **kwargs):
+        calls.append(paths)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return wrapped(self, paths, *args, **kwargs)
+
+    monkeypatch.setattr(BundleEncoder, "encode_video_files", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build_index(bundle_dir, videos, index_dir, cache_dir=cache, progress=False, chunk_size=2)
+    assert not (index_dir / "index.json").exists()
+    monkeypatch.setattr(BundleEncoder, "encode_video_files", wrapped)
+
+    spy.reset()
+    meta = build_index(bundle_dir, videos, index_dir, cache_dir=cache, progress=False, chunk_size=2)
+    assert spy.videos == ["video2.mp4", "video3.mp4"]  # video0/1 came from the cache
+    assert (meta["n_videos"], meta["build"]["from_cache"], meta["build"]["encoded"]) == (4, 2, 2)
+
+    # new videos: only they are encoded; the others are taken from the index itself (no cache)
+    for name in ("video4.mp4", "video5.mp4"):
+        (held_back / name).rename(videos / name)
+    spy.reset()
+    meta = build_index(bundle_dir, videos, index_dir, cache_dir=False, progress=False)
+    assert spy.videos == ["video4.mp4", "video5.mp4"]
+    assert (meta["n_videos"], meta["build"]["reused_from_index"]) == (6, 4)
+
+    # a changed video is re-encoded; a removed one leaves the index; one generation of arrays remains
+    write_clip(videos / "video1.mp4", (0, 128, 128), 3.0)
+    (videos / "video0.mp4").unlink()
+    spy.reset()
+    meta = build_index(bundle_dir, videos, index_dir, cache_dir=False, progress=False)
+    assert spy.videos == ["video1.mp4"]
+    assert [v["id"] for v in meta["videos"]] == [f"video{i}" for i in range(1, 6)]
+    assert sorted(p.name for p in index_dir.iterdir()) == sorted(["index.json", *meta["arrays"].values()])
+    index = open_index(index_dir)
+    assert index.frame_embeds.shape[:2] == (5, 12) and index.frame_embeds.dtype == np.float16
+    sim = independent_similarity(bundle_dir, ["x"], [videos / "video1.mp4"])
+    scores = {r["video_id"]: r["score"] for r in search_index(index, ["x"], k=5)[0]["results"]}
+    assert scores["video1"] == pytest.approx(float(sim[0, 0]), abs=0.05)  # the new clip's embedding
+
+
+def test_index_skip_bad_and_foreign_bundle(bundle_dir, videos, tmp_path):
+    (videos / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 50)
+    runner = CliRunner()
+    args = ["index", "--bundle", str(bundle_dir), "--videos", str(videos), "--out", str(tmp_path / "i"),
+            "--no-cache", "--no-progress"]
+    result = runner.invoke(main, args)
+    assert result.exit_code != 0 and "broken.mp4" in result.output
+    result = runner.invoke(main, args + ["--skip-bad"])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "i" / "index.json").read_text())
+    assert meta["n_videos"] == 6 and [s["video_id"] for s in meta["skipped"]] == ["broken"]
+
+    meta["bundle"]["id"] = "0123456789abcdef"
+    (tmp_path / "i" / "index.json").write_text(json.dumps(meta))
+    with pytest.raises(VideoIndexError, match="built with bundle id 0123456789abcdef"):
+        search_index(open_index(tmp_path / "i"), ["anything"])
+    result = runner.invoke(main, ["search", str(tmp_path / "i"), "anything"])
+    assert result.exit_code != 0 and "not comparable" in result.output
