@@ -20,6 +20,8 @@ TIMING_CACHE ?=
 BACKENDS    ?= ort-cpu
 BATCH_SIZES ?= 1,8
 DATA        ?= data/synth
+DEMO_BUNDLE ?= bundles/demo
+DEMO_REPORTS ?= reports/demo
 
 .PHONY: setup test export engine bench data train-demo demo clean
 
@@ -46,6 +48,21 @@ engine: setup
 bench: setup
 	@test -f $(OUT)/manifest.json || $(MAKE) export OUT=$(OUT)
 	$(TS2NET) bench --bundle $(OUT) --backends $(BACKENDS) --batch-sizes $(BATCH_SIZES) --out reports/bench
+
+# The whole product on the embedded default model: benchmark test split (generated if absent),
+# export + validation, runtime parity (FP32 and FP16 graphs), evaluation, latency, one summary.
+demo: setup
+	$(PYTHON) -m ts2net.synthbench --out $(DATA) --splits test --test 1000
+	$(TS2NET) export --out $(DEMO_BUNDLE)
+	$(TS2NET) parity --bundle $(DEMO_BUNDLE) --backend ort-cpu --precision fp32 --out $(DEMO_REPORTS)/parity-fp32
+	$(TS2NET) parity --bundle $(DEMO_BUNDLE) --backend ort-cpu --precision fp16 --out $(DEMO_REPORTS)/parity-fp16
+	$(TS2NET) eval --bundle $(DEMO_BUNDLE) --csv $(DATA)/test.csv --videos $(DATA)/videos --out $(DEMO_REPORTS)/eval
+	$(TS2NET) bench --bundle $(DEMO_BUNDLE) --batch-sizes 1,8 --out $(DEMO_REPORTS)/bench
+	$(PYTHON) -m runtime.summary --bundle $(DEMO_BUNDLE) --reports $(DEMO_REPORTS) --ablations ts2net/demo/ablations.json
+
+# Benchmark data: test split (1k-A style) + train/val splits for training the demo model.
+data: setup
+	$(PYTHON) -m ts2net.synthbench --out $(DATA) --train 1200 --val 200 --test 1000
 
 clean:
 	rm -rf bundles .cache .pytest_cache

@@ -1,0 +1,173 @@
+"""The demo's one-page report: parity, retrieval (overall and hard subsets), ablations, latency.
+
+It only reads what the other commands wrote (the bundle manifest, `ts2net parity`, `ts2net eval`
+and `ts2net bench` JSON reports, the committed ablation results), so every number in it was
+measured by the command that owns it.
+
+    python -m runtime.summary --bundle bundles/demo --reports reports/demo --ablations ts2net/demo/ablations.json
+    python -m runtime.summary collect-ablations --out ts2net/demo/ablations.json baseline=eval.json ...
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .reports import atomic_write_bytes, write_report
+
+ABLATION_ORDER = ("baseline", "+shift", "+selection", "full")
+SUBSETS = ("motion", "small_object")
+
+
+def latest_json(directory: Path, prefix: str) -> dict[str, Any] | None:
+    """The newest `{prefix}*.json` report in `directory` (eval and bench stems carry timestamps)."""
+    candidates = sorted(Path(directory).glob(f"{prefix}*.json"), key=lambda p: p.stat().st_mtime)
+    return json.loads(candidates[-1].read_text()) if candidates else None
+
+
+def ablation_entry(eval_report: dict[str, Any], train_summary: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The figures of one trained variant that the ablation table shows."""
+    entry = {"model": eval_report["bundle"].get("model"),
+             "overall": {d: eval_report["metrics"][d] for d in ("t2v", "v2t")},
+             "subsets": {name: {"t2v": result["t2v"]} for name, result in (eval_report.get("subsets") or {}).items()},
+             "n_queries": eval_report["dataset"]["n_captions_evaluated"]}
+    if train_summary:
+        entry["train"] = {k: train_summary.get(k) for k in ("wall_seconds", "steps", "epochs", "config")}
+    return entry
+
+
+def _r(metrics: dict[str, Any] | None, key: str = "R1") -> str:
+    return "-" if not metrics else f"{metrics[key]:.1f}"
+
+
+def ablation_markdown(ablations: dict[str, Any]) -> list[str]:
+    variants = ablations.get("variants", {})
+    lines = ["| model | token shift | token selection | t2v R@1 | t2v R@5 | t2v MdR | v2t R@1 | motion t2v R@1 | "
+             "small-object t2v R@1 |", "|---|---|---|---|---|---|---|---|---|"]
+    for name in [n for n in ABLATION_ORDER if n in variants] + [n for n in variants if n not in ABLATION_ORDER]:
+        v = variants[name]
+        cfg = (v.get("train") or {}).get("config") or {}
+        subsets = v.get("subsets", {})
+        lines.append(f"| {name} | {'yes' if cfg.get('token_shift', True) else 'no'} | "
+                     f"{'yes' if cfg.get('token_selection', True) else 'no'} | {_r(v['overall']['t2v'])} | "
+                     f"{_r(v['overall']['t2v'], 'R5')} | {_r(v['overall']['t2v'], 'MdR')} | {_r(v['overall']['v2t'])} | "
+                     f"{_r(subsets.get('motion', {}).get('t2v'))} | {_r(subsets.get('small_object', {}).get('t2v'))} |")
+    return lines
+
+
+def plot_ablations(ablations: dict[str, Any], png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    variants = [n for n in ABLATION_ORDER if n in ablations.get("variants", {})]
+    if not variants:
+        return
+    groups = ("overall",) + SUBSETS
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    width = 0.8 / len(variants)
+    for i, name in enumerate(variants):
+        v = ablations["variants"][name]
+        values = [v["overall"]["t2v"]["R1"]] + [v["subsets"].get(s, {}).get("t2v", {}).get("R1", 0.0) for s in SUBSETS]
+        ax.bar([g + i * width for g in range(len(groups))], values, width, label=name)
+    ax.set_xticks([g + width * (len(variants) - 1) / 2 for g in range(len(groups))], groups)
+    ax.set_ylabel("text-to-video R@1 (%)")
+    ax.set_title("Ablations on the synthetic benchmark (test split)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+
+
+def build_summary(bundle: Path, reports: Path, ablations_path: Path | None) -> tuple[dict[str, Any], str]:
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    evaluation = latest_json(reports / "eval", "eval-")
+    bench = latest_json(reports / "bench", "")
+    parity = {p: latest_json(reports / f"parity-{p}", "") for p in ("fp32", "fp16")}
+    ablations = json.loads(ablations_path.read_text()) if ablations_path and ablations_path.is_file() else None
+    data = {"kind": "ts2net-demo-summary", "model": manifest["model"]["name"],
+            "source_checkpoint": manifest["source_checkpoint"], "export_parity": manifest["parity"],
+            "runtime_parity": {p: (r or {}).get("passed") for p, r in parity.items()},
+            "eval": {"metrics": evaluation["metrics"], "subsets": evaluation.get("subsets"),
+                     "pairs": evaluation.get("pairs"), "dataset": evaluation["dataset"]} if evaluation else None,
+            "bench": {"results": bench.get("results"), "ratios": bench.get("ratios"), "peaks": bench.get("peaks")}
+            if bench else None,
+            "ablations": ablations}
+    md = [f"# ts2net-deploy demo: `{data['model']}`", "",
+          f"Source: {manifest['source_checkpoint']['name']}. Bundle: `{bundle}` (valid: {manifest['valid']}).", "",
+          "## Parity: ONNX graphs vs PyTorch FP32 (export validation, ONNX Runtime CPU)", "",
+          "| graph precision | text cos min | frame cos min | max abs err (frames) | selection agreement | "
+          "top-1 agreement | passed |", "|---|---|---|---|---|---|---|"]
+    for precision, entry in manifest["parity"].items():
+        f = entry["figures"]
+        md.append(f"| {precision} | {f['text_embeds']['cosine_min']:.7f} | {f['frame_embeds']['cosine_min']:.7f} | "
+                  f"{f['frame_embeds']['max_abs_err']:.2e} | {f.get('patch_indices', {}).get('agreement', float('nan')):.4f} | "
+                  f"{f['similarity']['top1_agreement']:.2%} | {entry['passed']} |")
+    if evaluation:
+        md += ["", f"## Retrieval ({evaluation['dataset']['n_captions_evaluated']} captions x "
+                   f"{evaluation['dataset']['n_videos_evaluated']} videos, ONNX Runtime CPU, FP32 graph)", "",
+               "| direction | R@1 | R@5 | R@10 | R@50 | MdR | MnR |", "|---|---|---|---|---|---|---|"]
+        for direction, metrics in evaluation["metrics"].items():
+            md.append(f"| {direction} | " + " | ".join(f"{metrics[k]:.1f}" for k in ("R1", "R5", "R10", "R50", "MdR", "MnR"))
+                      + " |")
+        for name, result in (evaluation.get("subsets") or {}).items():
+            md.append(f"| {name} subset t2v | " + " | ".join(f"{result['t2v'][k]:.1f}"
+                                                            for k in ("R1", "R5", "R10", "R50", "MdR", "MnR")) + " |")
+    if ablations:
+        md += ["", "## Ablations (same training budget, same test split)", "", *ablation_markdown(ablations),
+               "", "![ablations](ablations.png)"]
+    if bench:
+        md += ["", "## Latency (see bench/ for the full report and chart)", "",
+               "| graph | backend | precision | batch | p50 ms | items/s | GFLOP/s | % of measured peak |",
+               "|---|---|---|---|---|---|---|---|"]
+        for row in bench.get("results", []):
+            md.append(f"| {row['graph']} | {row['backend']} | {row['precision']} | {row['batch']} | {row['p50_ms']:.2f} | "
+                      f"{row['items_per_s']:.1f} | {row.get('gflops') or float('nan'):.1f} | "
+                      f"{row.get('pct_of_peak') or float('nan'):.0f} |")
+        if bench.get("ratios"):
+            md += ["", "| ratio | graph | batch | value |", "|---|---|---|---|"]
+            md += [f"| {r['ratio']} | {r['graph']} | {r['batch']} | {r['value']:.2f} |" for r in bench["ratios"]]
+    return data, "\n".join(md) + "\n"
+
+
+@click.group(invoke_without_command=True)
+@click.option("--bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--reports", type=click.Path(file_okay=False, path_type=Path), default=Path("reports/demo"))
+@click.option("--ablations", type=click.Path(path_type=Path))
+@click.pass_context
+def main(ctx, bundle, reports, ablations):
+    """Write reports/demo/summary.{json,md} (+ ablations.png)."""
+    if ctx.invoked_subcommand:
+        return
+    if bundle is None:
+        raise click.UsageError("--bundle is required")
+    data, markdown = build_summary(bundle, reports, ablations)
+    if data["ablations"]:
+        plot_ablations(data["ablations"], reports / "ablations.png")
+    json_path, md_path = write_report(reports, "summary", data, markdown)
+    click.echo(markdown)
+    click.echo(f"wrote {md_path} and {json_path}")
+
+
+@main.command("collect-ablations")
+@click.option("--out", required=True, type=click.Path(path_type=Path))
+@click.argument("variants", nargs=-1, required=True)
+def collect_ablations(out, variants):
+    """VARIANTS: NAME=EVAL_JSON[,TRAIN_SUMMARY_JSON] for each trained variant."""
+    table: dict[str, Any] = {"kind": "ts2net-ablations", "variants": {}}
+    for item in variants:
+        name, _, paths = item.partition("=")
+        eval_path, _, train_path = paths.partition(",")
+        if not name or not eval_path:
+            raise click.BadParameter(f"{item!r}: expected NAME=EVAL_JSON[,TRAIN_SUMMARY_JSON]")
+        train = json.loads(Path(train_path).read_text()) if train_path else None
+        table["variants"][name] = ablation_entry(json.loads(Path(eval_path).read_text()), train)
+    atomic_write_bytes(out, (json.dumps(table, indent=2) + "\n").encode())
+    click.echo("\n".join(ablation_markdown(table)))
+
+
+if __name__ == "__main__":
+    main()
