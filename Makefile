@@ -24,6 +24,7 @@ DEMO_BUNDLE ?= bundles/demo
 DEMO_REPORTS ?= reports/demo
 
 .PHONY: setup test export engine bench data train-demo demo clean
+.PRECIOUS: runs/%/model.safetensors
 
 setup: $(STAMP)
 
@@ -59,6 +60,33 @@ demo: setup
 	$(TS2NET) eval --bundle $(DEMO_BUNDLE) --csv $(DATA)/test.csv --videos $(DATA)/videos --out $(DEMO_REPORTS)/eval
 	$(TS2NET) bench --bundle $(DEMO_BUNDLE) --batch-sizes 1,8 --out $(DEMO_REPORTS)/bench
 	$(PYTHON) -m runtime.summary --bundle $(DEMO_BUNDLE) --reports $(DEMO_REPORTS) --ablations ts2net/demo/ablations.json
+
+# Reproduce the shipped demo model and its ablations (same data, seed and budget for each variant).
+DEMO_EPOCHS ?= 10
+TRAIN_ARGS   = --data $(DATA) --preset demo --epochs $(DEMO_EPOCHS) --batch-size 16 --seed 0 --quiet
+SET_full      =
+SET_baseline  = --set token_shift=false --set token_selection=false
+SET_shift     = --set token_selection=false
+SET_selection = --set token_shift=false
+ABLATION_NAME_full = full
+ABLATION_NAME_baseline = baseline
+ABLATION_NAME_shift = +shift
+ABLATION_NAME_selection = +selection
+VARIANTS = full baseline shift selection
+
+runs/%/model.safetensors:
+	$(PYTHON) -m ts2net.train $(TRAIN_ARGS) --out runs/$* $(SET_$*)
+
+reports/ablations/%/done: runs/%/model.safetensors
+	$(TS2NET) export --checkpoint runs/$* --out bundles/ablation-$*
+	rm -rf reports/ablations/$* && $(TS2NET) eval --bundle bundles/ablation-$* --csv $(DATA)/test.csv \
+		--videos $(DATA)/videos --out reports/ablations/$*
+	touch $@
+
+train-demo: data $(foreach v,$(VARIANTS),reports/ablations/$(v)/done)
+	$(PYTHON) -m runtime.summary collect-ablations --out ts2net/demo/ablations.json \
+		$(foreach v,$(VARIANTS),"$(ABLATION_NAME_$(v))=$$(ls -t reports/ablations/$(v)/eval-*.json | head -1),runs/$(v)/train_summary.json")
+	mkdir -p ts2net/demo && cp runs/full/model.safetensors runs/full/config.json runs/full/tokenizer.json ts2net/demo/
 
 # Benchmark data: test split (1k-A style) + train/val splits for training the demo model.
 data: setup

@@ -201,7 +201,7 @@ def export_bundle(out: str | Path, checkpoint: str | Path | None = None, clip: s
 
     parity = step("validate with onnxruntime", validate)
     report = ["# Export validation", "", f"Model: {cfg.name}; source: {source['name']}", ""]
-    report += [parity[p].to_markdown(f"ONNX Runtime CPU vs PyTorch FP32") + "\n" for p in parity]
+    report += [parity[p].to_markdown("ONNX Runtime CPU vs PyTorch FP32") + "\n" for p in parity]
     atomic_write_text(bundle / "validation.md", "\n".join(report))
     manifest["valid"] = parity["fp32"].passed
     manifest["export_seconds"] = seconds

@@ -4,7 +4,6 @@ Schema documented in docs/bundle-format.md; bump MANIFEST_VERSION on any incompa
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 from datetime import datetime, timezone
@@ -13,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ts2net import TS2NetConfig
-from ts2net._io import atomic_write_text
+from runtime.files import atomic_write_text, sha256_file
 
 FORMAT_NAME = "ts2net-bundle"
 MANIFEST_VERSION = 1
@@ -22,12 +21,6 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def file_entry(bundle: Path, name: str, **extra: Any) -> dict[str, Any]:

@@ -21,6 +21,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from .files import sha256_file
+
 FORMAT_NAME = "ts2net-bundle"
 SUPPORTED_FORMAT_VERSIONS = (1,)
 MANIFEST_NAME = "manifest.json"
@@ -40,12 +42,6 @@ class BundleError(ValueError):
     """A bundle that cannot be used as it is: bad manifest, missing or altered file, invalid export."""
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ------------------------------------------------------------------------------ schema check

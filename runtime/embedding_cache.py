@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +38,8 @@ import numpy as np
 from tqdm import tqdm
 
 from .video import VideoDecodeError
+from .files import atomic_save_npy, atomic_write_bytes
+from .files import sha256_file as file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +70,6 @@ def default_cache_dir() -> Path:
     return Path(base) / "ts2net-deploy" / "embeddings"
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def text_sha256(text: str) -> str:
@@ -87,33 +81,8 @@ def text_sha256(text: str) -> str:
 # atomic writes
 # --------------------------------------------------------------------------------------------
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = True) -> Path:
-    """Write ``data`` to ``path`` through a temporary file + ``os.replace`` (never half-written).
-
-    The temporary name starts with a dot and ends in ``.tmp``, so readers that list a folder
-    can ignore leftovers of a crash.
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            if fsync:
-                handle.flush()
-                os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
 
 
-def atomic_save_npy(path: str | os.PathLike, array: np.ndarray, *, fsync: bool = True) -> Path:
-    """``np.save`` through :func:`atomic_write_bytes` (the result can be memory-mapped)."""
-    buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
-    return atomic_write_bytes(path, buffer.getvalue(), fsync=fsync)
 
 
 def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:

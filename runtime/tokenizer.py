@@ -34,12 +34,14 @@ import importlib.util
 import json
 import os
 import re
-import tempfile
+
 from pathlib import Path
 from typing import Sequence
 
 import ftfy
 import numpy as np
+
+from .files import atomic_write_text
 import regex
 from tokenizers import AddedToken, Regex, Tokenizer, models, normalizers, pre_tokenizers, processors
 
@@ -111,21 +113,10 @@ def build_tokenizer_json(bpe_path: str | os.PathLike, out_path: str | os.PathLik
     text = json.dumps(spec, ensure_ascii=False)
     if out_path is None:
         return text
-    _atomic_write(Path(out_path), text)
+    atomic_write_text(Path(out_path), text)
     return None
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    """Write to a temporary file next to `path`, then os.replace it, so no reader sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class ClipTokenizer:
@@ -200,7 +191,7 @@ class ClipTokenizer:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the tokenizer.json this tokenizer was loaded from (including our metadata), atomically."""
-        _atomic_write(Path(path), self._json)
+        atomic_write_text(Path(path), self._json)
 
 
 def load_tokenizer(path: str | os.PathLike) -> ClipTokenizer:

@@ -1,0 +1,59 @@
+"""File helpers every package shares: atomic writes (a crash never leaves half a file) and checksums.
+
+Torch-free and dependency-free (numpy only for .npy), so `ts2net`, `export` and `runtime` all use
+this one implementation.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = True) -> Path:
+    """Write `data` through a temporary file in the same folder and `os.replace`.
+
+    The temporary name starts with a dot and ends in `.tmp`, so readers listing a folder can skip
+    crash leftovers. The file gets the usual permissions (mkstemp alone would leave it 0600).
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.chmod(tmp, 0o666 & ~umask)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            if fsync:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, *, fsync: bool = True) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"), fsync=fsync)
+
+
+def atomic_save_npy(path: str | os.PathLike, array: np.ndarray, *, fsync: bool = True) -> Path:
+    """`np.save` through `atomic_write_bytes` (the result can be memory-mapped)."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return atomic_write_bytes(path, buffer.getvalue(), fsync=fsync)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
