@@ -174,3 +174,18 @@ def test_checker_rejects_bad_graphs_naming_nodes():
     with pytest.raises(GraphCheckError, match="2 TensorRT compatibility problem"):
         assert_trt_compatible(_graph([helper.make_node("TopK", ["x", "k"], ["y", "i"], name="a", sorted=0),
                                       ], opset=16, initializers=[_k()]))
+
+
+def test_large_graphs_use_external_data(tmp_path, monkeypatch, tiny_bundle):
+    import onnxruntime as ort
+
+    import export.onnx_graphs as graphs
+
+    model = onnx.load(tiny_bundle.bundle / "text.onnx")
+    monkeypatch.setattr(graphs, "TWO_GB", 1024 ** 2)            # pretend the 2 GB limit is 1 MB
+    files = graphs.save_graph(model, tmp_path / "text.onnx")
+    assert [f.name for f in files] == ["text.onnx", "text.onnx.data"]
+    assert (tmp_path / "text.onnx").stat().st_size < 1024 ** 2 < (tmp_path / "text.onnx.data").stat().st_size
+    ids = np.load(tiny_bundle.bundle / "reference.npz")["input_ids"]
+    out = ort.InferenceSession(str(tmp_path / "text.onnx"), providers=["CPUExecutionProvider"]).run(None, {"input_ids": ids})
+    np.testing.assert_allclose(out[0], np.load(tiny_bundle.bundle / "reference.npz")["text_embeds"], atol=1e-4)
