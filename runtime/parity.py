@@ -51,7 +51,7 @@ class ParityResult:
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
-        return f"{value:.6g}"
+        return f"{value:.9g}"  # cosines differ from 1 only in the 7th-9th digit
     return str(value)
 
 
