@@ -8,6 +8,7 @@ the FP32 graphs meet the FP32 parity row; FP16 figures are measured and recorded
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,13 +54,28 @@ class ExportResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+BUILTIN_TINY = "builtin-tiny"
+
+
 def default_model() -> tuple[TS2Net, dict[str, Any], Path | None]:
-    """The embedded default: the shipped demo model if present, else a fixed-seed tiny preset."""
-    if (DEFAULT_MODEL_DIR / "model.safetensors").is_file():
-        model = ts2net.load_model(DEFAULT_MODEL_DIR)
-        source = checkpoint_summary(DEFAULT_MODEL_DIR)
-        source["name"] = "embedded demo model (ts2net/demo)"
-        return model, source, DEFAULT_MODEL_DIR / "tokenizer.json"
+    """The embedded default: the shipped demo model, else a fixed-seed tiny preset.
+
+    `TS2NET_DEFAULT_MODEL` overrides it: a checkpoint directory in our format, or "builtin-tiny"
+    for the fixed-seed tiny preset (what the test suite uses, so it never depends on the shipped
+    weights).
+    """
+    choice = os.environ.get("TS2NET_DEFAULT_MODEL")
+    directory = DEFAULT_MODEL_DIR if choice is None else None if choice == BUILTIN_TINY else Path(choice)
+    if directory is not None and (directory / "model.safetensors").is_file():
+        model = ts2net.load_model(directory)
+        source = checkpoint_summary(directory)
+        source["name"] = ("embedded demo model (ts2net/demo)" if directory == DEFAULT_MODEL_DIR
+                          else f"default model from TS2NET_DEFAULT_MODEL ({directory})")
+        tokenizer = directory / "tokenizer.json"
+        return model, source, tokenizer if tokenizer.is_file() else None
+    if choice not in (None, BUILTIN_TINY):
+        raise FileNotFoundError(f"TS2NET_DEFAULT_MODEL={choice}: no model.safetensors there "
+                                f"(expected a directory written by ts2net.save_model, or {BUILTIN_TINY!r})")
     torch.manual_seed(0)
     model = TS2Net(ts2net.TS2NetConfig.preset("tiny", name="tiny-random-seed0")).eval()
     return model, {"name": "tiny-random-seed0 (fixed-seed tiny preset; no demo model shipped)",

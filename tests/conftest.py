@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -6,6 +7,9 @@ import pytest
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
 SHARED = TESTS.parents[1] / "shared"
+# Tests export the fixed-seed tiny preset as "the default model", never the shipped demo weights
+# (set in the environment so subprocesses started by tests see it too).
+os.environ["TS2NET_DEFAULT_MODEL"] = "builtin-tiny"
 
 
 @pytest.fixture(scope="session")

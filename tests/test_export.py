@@ -189,3 +189,18 @@ def test_large_graphs_use_external_data(tmp_path, monkeypatch, tiny_bundle):
     ids = np.load(tiny_bundle.bundle / "reference.npz")["input_ids"]
     out = ort.InferenceSession(str(tmp_path / "text.onnx"), providers=["CPUExecutionProvider"]).run(None, {"input_ids": ids})
     np.testing.assert_allclose(out[0], np.load(tiny_bundle.bundle / "reference.npz")["text_embeds"], atol=1e-4)
+
+
+def test_default_model_is_the_shipped_demo_unless_overridden(monkeypatch, tmp_path):
+    from export.bundle import DEFAULT_MODEL_DIR, default_model
+
+    monkeypatch.delenv("TS2NET_DEFAULT_MODEL")
+    model, source, tokenizer = default_model()
+    if (DEFAULT_MODEL_DIR / "model.safetensors").is_file():
+        assert source["name"].startswith("embedded demo model") and tokenizer == DEFAULT_MODEL_DIR / "tokenizer.json"
+        assert model.cfg.name == "demo"
+    monkeypatch.setenv("TS2NET_DEFAULT_MODEL", "builtin-tiny")
+    assert default_model()[0].cfg.name == "tiny-random-seed0"
+    monkeypatch.setenv("TS2NET_DEFAULT_MODEL", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="TS2NET_DEFAULT_MODEL"):
+        default_model()
