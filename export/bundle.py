@@ -23,6 +23,7 @@ import ts2net
 from runtime.parity import ParityResult, compare_outputs
 from runtime.tokenizer import ClipTokenizer, find_bpe_vocab, load_tokenizer
 from ts2net import TS2Net
+from runtime.files import npz_bytes
 from ts2net._io import atomic_write_bytes, atomic_write_text
 from ts2net.checkpoint import checkpoint_summary
 
@@ -194,7 +195,7 @@ def export_bundle(out: str | Path, checkpoint: str | Path | None = None, clip: s
         frames, mask = reference_video_inputs(model)
         ref = reference_outputs(model, ids, frames, mask)
         ref["captions"] = np.array(REFERENCE_CAPTIONS)
-        buffer = _npz_bytes(ref)
+        buffer = npz_bytes(ref)
         atomic_write_bytes(bundle / "reference.npz", buffer)
         manifest["reference"] = mf.file_entry(bundle, "reference.npz", arrays=sorted(ref))
         return ref
@@ -228,11 +229,3 @@ def export_bundle(out: str | Path, checkpoint: str | Path | None = None, clip: s
         raise ExportValidationError(f"{bundle}: FP32 graphs fail the FP32 parity row; bundle marked invalid:\n  - "
                                     + "\n  - ".join(parity["fp32"].failures))
     return result
-
-
-def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    return buffer.getvalue()

@@ -24,7 +24,6 @@ stale shortcut would silently serve embeddings of the old file.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
@@ -38,7 +37,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .video import VideoDecodeError
-from .files import atomic_save_npy, atomic_write_bytes
+from .files import atomic_save_npy, atomic_write_bytes, npz_bytes
 from .files import sha256_file as file_sha256
 
 log = logging.getLogger(__name__)
@@ -84,11 +83,6 @@ def text_sha256(text: str) -> str:
 
 
 
-
-def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    return buffer.getvalue()
 
 
 # --------------------------------------------------------------------------------------------
@@ -155,7 +149,7 @@ class EmbeddingCache:
                   "frame_mask": np.asarray(emb.frame_mask, np.int64)}
         if emb.patch_indices is not None:
             arrays["patch_indices"] = np.asarray(emb.patch_indices, np.int64)
-        atomic_write_bytes(self.video_file(sha), _npz_bytes(arrays), fsync=False)
+        atomic_write_bytes(self.video_file(sha), npz_bytes(arrays), fsync=False)
 
     # texts ----------------------------------------------------------------------------------
     def _text_table(self) -> dict[str, np.ndarray]:
@@ -189,7 +183,7 @@ class EmbeddingCache:
         key_array = np.array(list(keys), dtype="U64")
         name = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:32]
         arrays = {"keys": key_array, "embeds": np.asarray(embeds, np.float32)}
-        atomic_write_bytes(self.dir / "texts" / f"{name}.npz", _npz_bytes(arrays), fsync=False)
+        atomic_write_bytes(self.dir / "texts" / f"{name}.npz", npz_bytes(arrays), fsync=False)
         table = self._text_table()
         for k, row in zip(keys, arrays["embeds"]):
             table[k] = row

@@ -26,7 +26,6 @@ What is computed, and the conventions behind each number (also written into ever
 from __future__ import annotations
 
 import logging
-import math
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -138,23 +137,6 @@ def _subset_results(rs: datasets.RetrievalSet, rank_sets, sim, dsl_sim) -> dict[
 # --------------------------------------------------------------------------------------------
 # the evaluation
 # --------------------------------------------------------------------------------------------
-
-def _jsonable(value):
-    """Numpy scalars/arrays -> plain Python so the report is valid JSON."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
 
 def _unique_stem(out_dir: Path, stem: str) -> str:
     """Reports are per run: never overwrite an earlier run's files."""
@@ -331,7 +313,7 @@ def _write(data: dict[str, Any], out_dir: Path, rank_sets, subset_results, rs, p
 
         data["files"]["similarity_npy"] = atomic_save_npy(out_dir / f"{stem}-sim.npy", sim, fsync=False).name
     markdown = render_markdown(data)
-    json_path, md_path = write_report(out_dir, stem, _jsonable(data), markdown)
+    json_path, md_path = write_report(out_dir, stem, data, markdown)
     data["files"].update({"json": str(json_path), "markdown": str(md_path)})
     for key in ("recall_png", "similarity_npy"):
         if key in data["files"]:

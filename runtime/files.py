@@ -50,6 +50,13 @@ def atomic_save_npy(path: str | os.PathLike, array: np.ndarray, *, fsync: bool =
     return atomic_write_bytes(path, buffer.getvalue(), fsync=fsync)
 
 
+def npz_bytes(arrays) -> bytes:
+    """The bytes of an uncompressed .npz of `arrays` (name -> array), for atomic_write_bytes."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
     digest = hashlib.sha256()

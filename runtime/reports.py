@@ -33,30 +33,28 @@ LIBRARIES = ("ts2net-deploy", "numpy", "onnxruntime", "onnxruntime-gpu", "onnx",
 
 
 
-def _to_json(value: Any) -> Any:
-    """json.dumps fallback for numpy scalars/arrays, paths and dataclasses."""
-    if isinstance(value, np.generic):
-        return value.item()
+def jsonable(value: Any) -> Any:
+    """Plain JSON data from report values: numpy scalars/arrays, paths, dataclasses and sets are
+    converted, dict keys become strings, and NaN/inf become null (not JSON; never an unreadable file)."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return [jsonable(v) for v in sorted(value)]
     if isinstance(value, np.ndarray):
-        return value.tolist()
+        return jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return jsonable(value.item())
     if isinstance(value, Path):
         return str(value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
-    if isinstance(value, (set, frozenset)):
-        return sorted(value)
-    raise TypeError(f"cannot write {type(value).__name__} to a JSON report")
-
-
-def _finite(value: Any) -> Any:
-    """NaN/inf are not JSON; report them as null rather than writing an unreadable file."""
+        return jsonable(dataclasses.asdict(value))
     if isinstance(value, float) and not math.isfinite(value):
         return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    raise TypeError(f"cannot write {type(value).__name__} to a JSON report")
 
 
 def write_report(out_dir: str | os.PathLike, stem: str, data: dict, markdown: str) -> tuple[Path, Path]:
@@ -65,7 +63,7 @@ def write_report(out_dir: str | os.PathLike, stem: str, data: dict, markdown: st
     payload = dict(data)
     if "environment" not in payload:
         payload["environment"] = environment()
-    text = json.dumps(_finite(json.loads(json.dumps(payload, default=_to_json))), indent=2, allow_nan=False)
+    text = json.dumps(jsonable(payload), indent=2, allow_nan=False)
     json_path = atomic_write_bytes(out / f"{stem}.json", (text + "\n").encode())
     md_path = atomic_write_bytes(out / f"{stem}.md", (markdown.rstrip() + "\n").encode())
     return json_path, md_path

@@ -197,12 +197,8 @@ def save_model(model: TS2Net, directory: str | Path, metadata: Mapping[str, str]
 
 def checkpoint_summary(path: str | Path) -> dict[str, Any]:
     """Name, format and sha256 of a checkpoint (what bundles record as their source)."""
-    import hashlib
+    from runtime.files import sha256_file
 
     path = Path(path)
     target = path / SAFETENSORS_NAME if path.is_dir() else path
-    digest = hashlib.sha256()
-    with open(target, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return {"name": path.name, "format": detect_format(path), "sha256": digest.hexdigest()}
+    return {"name": path.name, "format": detect_format(path), "sha256": sha256_file(target)}
