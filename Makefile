@@ -63,10 +63,14 @@ demo: setup
 
 # Reproduce the shipped demo model and its ablations (same data, seed and budget for each variant).
 DEMO_EPOCHS ?= 10
-TRAIN_ARGS   = --data $(DATA) --preset demo --epochs $(DEMO_EPOCHS) --batch-size 16 --seed 0 --quiet
+TRAIN_THREADS ?=
+TRAIN_ARGS   = --data $(DATA) --preset demo --epochs $(DEMO_EPOCHS) --batch-size 16 --seed 0 --quiet \
+	$(if $(TRAIN_THREADS),--threads $(TRAIN_THREADS))
+# baseline = CLIP4Clip meanP (no shift, no selection, no temporal module); +shift adds token shift to
+# it; +selection adds TS2-Net's selection with the temporal transformer its tokens feed; full = both
 SET_full      =
-SET_baseline  = --set token_shift=false --set token_selection=false
-SET_shift     = --set token_selection=false
+SET_baseline  = --set token_shift=false --set token_selection=false --set sim_header=meanP
+SET_shift     = --set token_selection=false --set sim_header=meanP
 SET_selection = --set token_shift=false
 ABLATION_NAME_full = full
 ABLATION_NAME_baseline = baseline
@@ -90,7 +94,7 @@ train-demo: data $(foreach v,$(VARIANTS),reports/ablations/$(v)/done)
 
 # Benchmark data: test split (1k-A style) + train/val splits for training the demo model.
 data: setup
-	$(PYTHON) -m ts2net.synthbench --out $(DATA) --train 1200 --val 200 --test 1000
+	$(PYTHON) -m ts2net.synthbench --out $(DATA) --train 3000 --val 200 --test 1000
 
 clean:
 	rm -rf bundles .cache .pytest_cache

@@ -31,7 +31,8 @@ def ablation_entry(eval_report: dict[str, Any], train_summary: dict[str, Any] | 
     """The figures of one trained variant that the ablation table shows."""
     entry = {"model": eval_report["bundle"].get("model"),
              "overall": {d: eval_report["metrics"][d] for d in ("t2v", "v2t")},
-             "subsets": {name: {"t2v": result["t2v"]} for name, result in (eval_report.get("subsets") or {}).items()},
+             "subsets": {name: {"t2v": result["t2v"], "pair_accuracy": result.get("pair_accuracy")}
+                         for name, result in (eval_report.get("subsets") or {}).items()},
              "n_queries": eval_report["dataset"]["n_captions_evaluated"]}
     if train_summary:
         keys = ("wall_s", "steps", "epochs", "config", "final_val", "best_val")
@@ -45,16 +46,19 @@ def _r(metrics: dict[str, Any] | None, key: str = "R1") -> str:
 
 def ablation_markdown(ablations: dict[str, Any]) -> list[str]:
     variants = ablations.get("variants", {})
-    lines = ["| model | token shift | token selection | t2v R@1 | t2v R@5 | t2v MdR | v2t R@1 | motion t2v R@1 | "
-             "small-object t2v R@1 | train steps | train min |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | temporal head | token shift | token selection | t2v R@1 | t2v R@5 | t2v MdR | v2t R@1 | "
+             "motion t2v R@1 | small-object t2v R@1 | motion pair acc | small-object pair acc | train steps | "
+             "train min |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in [n for n in ABLATION_ORDER if n in variants] + [n for n in variants if n not in ABLATION_ORDER]:
         v = variants[name]
         cfg = (v.get("train") or {}).get("config") or {}
         subsets = v.get("subsets", {})
-        lines.append(f"| {name} | {'yes' if cfg.get('token_shift', True) else 'no'} | "
+        motion, small = subsets.get("motion", {}), subsets.get("small_object", {})
+        lines.append(f"| {name} | {cfg.get('sim_header', 'seqTransf')} | {'yes' if cfg.get('token_shift', True) else 'no'} | "
                      f"{'yes' if cfg.get('token_selection', True) else 'no'} | {_r(v['overall']['t2v'])} | "
                      f"{_r(v['overall']['t2v'], 'R5')} | {_r(v['overall']['t2v'], 'MdR')} | {_r(v['overall']['v2t'])} | "
-                     f"{_r(subsets.get('motion', {}).get('t2v'))} | {_r(subsets.get('small_object', {}).get('t2v'))} | "
+                     f"{_r(motion.get('t2v'))} | {_r(small.get('t2v'))} | "
+                     f"{_r(motion.get('pair_accuracy'), 'accuracy')} | {_r(small.get('pair_accuracy'), 'accuracy')} | "
                      f"{(v.get('train') or {}).get('steps', '-')} | {((v.get('train') or {}).get('wall_s') or 0) / 60:.1f} |")
     return lines
 

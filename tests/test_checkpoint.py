@@ -138,3 +138,18 @@ def test_pickles_are_loaded_weights_only(tmp_path):
     torch.save({"clip.x": Evil()}, tmp_path / "evil.bin")
     with pytest.raises(CheckpointError, match="evil.bin"):
         ts2net.load_model(tmp_path / "evil.bin")
+
+
+def test_official_meanp_checkpoint_loads_as_meanp(tmp_path):
+    """CLIP4Clip/TS2-Net runs with --sim_header meanP have no temporal module keys at all."""
+    cfg = tiny_config(sim_header="meanP", token_selection=False)
+    model = random_model(cfg)
+    torch.save(official_state_dict(model), tmp_path / "pytorch_model.bin.0")
+    loaded = ts2net.load_model(tmp_path / "pytorch_model.bin.0")
+    assert loaded.cfg.sim_header == "meanP" and not loaded.cfg.token_selection
+    ts2net.save_model(loaded, tmp_path / "ours")
+    again = ts2net.load_model(tmp_path / "ours")
+    assert again.cfg.sim_header == "meanP"
+    for key, value in model.state_dict().items():
+        assert torch.allclose(again.state_dict()[key], value.half().float() if "conv1" in key else value,
+                              atol=1e-3), key

@@ -204,3 +204,18 @@ def test_default_model_is_the_shipped_demo_unless_overridden(monkeypatch, tmp_pa
     monkeypatch.setenv("TS2NET_DEFAULT_MODEL", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="TS2NET_DEFAULT_MODEL"):
         default_model()
+
+
+def test_meanp_baseline_exports_and_validates(tmp_path):
+    """The CLIP4Clip meanP baseline rides the same I/O contract (repeated video embedding per frame)."""
+    cfg = TS2NetConfig(**{**TINY12, "vision_layers": 2}, sim_header="meanP", token_selection=False,
+                       token_shift=False)
+    ckpt = tmp_path / "pytorch_model.bin.0"
+    torch.save(official_state_dict(random_model(cfg)), ckpt)
+    result = CliRunner().invoke(cli, ["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["valid"] and manifest["model"]["sim_header"] == "meanP"
+    ref = np.load(tmp_path / "b" / "reference.npz", allow_pickle=False)
+    frames = ref["frame_embeds"]
+    assert np.allclose(frames, frames[:, :1], atol=1e-6)   # one video embedding, repeated per frame

@@ -259,3 +259,54 @@ def test_config_validation_lists_every_problem():
         tiny_config(image_size=30, embed_dim=128, frame_mask_mode="bogus")
     text = str(err.value)
     assert "image_size=30" in text and "embed_dim=128" in text and "bogus" in text
+
+
+# ----------------------------------------------------------------------------- meanP (CLIP4Clip baseline)
+def test_meanp_video_embedding_is_clip4clips_mean_of_normalised_cls():
+    cfg = tiny_config(sim_header="meanP", token_selection=False, token_shift=False)
+    model = random_model(cfg)
+    assert not any(k.startswith(("transformerClip.", "frame_position_embeddings.")) for k in model.state_dict())
+    frames, mask = _video_batch([cfg.max_frames, 3, 1], cfg, seed=4)
+    ids = _ids([3, 9, 5, 1])
+    with torch.no_grad():
+        frame_embeds, indices = model.encode_video(frames, mask)
+        text = model.encode_text(ids)
+        sim = model.similarity(text, frame_embeds, mask)
+        cls = model.clip.visual(frames.flatten(0, 1))[:, 0].reshape(3, cfg.max_frames, -1)
+    assert indices is None
+    # CLIP4Clip meanP by hand: normalise each frame, mean over the valid ones, normalise, cosine
+    expected = np.zeros((4, 3))
+    for v in range(3):
+        unit = [cls[v, t] / cls[v, t].norm() for t in range(cfg.max_frames) if mask[v, t]]
+        video = torch.stack(unit).mean(0)
+        for t in range(4):
+            expected[t, v] = float(torch.dot(text[t] / text[t].norm(), video / video.norm()))
+    scale = float(model.clip.logit_scale.exp().detach())
+    np.testing.assert_allclose(sim.numpy() / scale, expected, atol=1e-5)
+    # the order of the frames cannot matter: mean pooling sees a set, not a sequence
+    reversed_frames = frames.clone()
+    reversed_frames[0] = frames[0].flip(0)
+    with torch.no_grad():
+        again = model.similarity(text, model.encode_video(reversed_frames, mask)[0], mask)
+    np.testing.assert_allclose(again[:, 0].numpy(), sim[:, 0].numpy(), atol=1e-5)
+
+
+def test_seqtransf_sees_frame_order_where_meanp_does_not():
+    cfg = tiny_config(token_shift=False, token_selection=False)
+    model = random_model(cfg)
+    with torch.no_grad():  # trained frame positions are far from their 0.01-std initialisation
+        model.frame_position_embeddings.weight.normal_()
+    frames, mask = _video_batch([cfg.max_frames], cfg, seed=5)
+    ids = _ids([4])
+    with torch.no_grad():
+        a = model.similarity(model.encode_text(ids), model.encode_video(frames, mask)[0], mask)
+        b = model.similarity(model.encode_text(ids), model.encode_video(frames.flip(1), mask)[0], mask)
+    assert abs(float(a) - float(b)) > 1e-2
+
+
+def test_meanp_config_rules():
+    with pytest.raises(ValueError, match="sim_header='meanP' pools only the frame CLS"):
+        tiny_config(sim_header="meanP", token_shift=False)
+    with pytest.raises(ValueError, match="sim_header='seqLSTM'"):
+        tiny_config(sim_header="seqLSTM")
+    assert tiny_config(sim_header="meanP", token_selection=False).tokens_per_frame == 1

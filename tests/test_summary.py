@@ -11,7 +11,9 @@ from runtime.summary import ablation_markdown, build_summary, main
 def _eval_report(r1: float, motion_r1: float) -> dict:
     metrics = {"R1": r1, "R5": r1 + 10, "R10": r1 + 20, "R50": 90.0, "MdR": 7.0, "MnR": 20.0, "n_queries": 100.0}
     return {"bundle": {"model": "demo"}, "metrics": {"t2v": metrics, "v2t": metrics, "t2v_dsl": metrics, "v2t_dsl": metrics},
-            "subsets": {"motion": {"t2v": dict(metrics, R1=motion_r1)}, "small_object": {"t2v": metrics}},
+            "subsets": {"motion": {"t2v": dict(metrics, R1=motion_r1),
+                                   "pair_accuracy": {"accuracy": motion_r1 + 50, "ties": 0, "n_queries": 50}},
+                        "small_object": {"t2v": metrics}},
             "dataset": {"n_captions_evaluated": 100, "n_videos_evaluated": 100}}
 
 
@@ -22,7 +24,8 @@ def test_collect_ablations_and_table(tmp_path):
         paths[name].write_text(json.dumps(_eval_report(r1, motion)))
     train = tmp_path / "train.json"
     train.write_text(json.dumps({"wall_s": 600, "steps": 750, "epochs": 10,
-                                 "config": {"token_shift": False, "token_selection": False}}))
+                                 "config": {"token_shift": False, "token_selection": False,
+                                            "sim_header": "meanP"}}))
     out = tmp_path / "ablations.json"
     result = CliRunner().invoke(main, ["collect-ablations", "--out", str(out), f"baseline={paths['baseline']},{train}",
                                        f"full={paths['full']}"])
@@ -30,8 +33,9 @@ def test_collect_ablations_and_table(tmp_path):
     table = json.loads(out.read_text())
     assert table["variants"]["full"]["subsets"]["motion"]["t2v"]["R1"] == 25.0
     lines = ablation_markdown(table)
-    assert lines[2].startswith("| baseline | no | no | 10.0 |") and "| 750 | 10.0 |" in lines[2]
-    assert lines[3].startswith("| full | yes | yes | 30.0 |")
+    assert lines[2].startswith("| baseline | meanP | no | no | 10.0 |") and "| 750 | 10.0 |" in lines[2]
+    assert "| 5.0 | 10.0 | 55.0 | - |" in lines[2]    # motion / small-object R@1, then pair accuracies
+    assert lines[3].startswith("| full | seqTransf | yes | yes | 30.0 |")
 
 
 def test_summary_reads_manifest_and_reports(tmp_path):

@@ -121,12 +121,18 @@ def test_scenes_jsonl_round_trips(dataset):
 
 def test_subsets_record_pairs(dataset):
     subsets = json.loads((dataset / "subsets.json").read_text())
-    test_ids = {vid for vid, _ in load_annotations(dataset).test}
-    assert len(subsets["motion"]) == 2 and len(subsets["small_object"]) == 2
+    ann = load_annotations(dataset)
+    test_ids = {vid for vid, _ in ann.test}
+    train_ids = {vid for vid, _ in ann.train}
+    # the test split's hard subsets (what eval reports) and the train split's hard negatives
+    assert sum(v in test_ids for v in subsets["motion"]) == 2
+    assert sum(v in test_ids for v in subsets["small_object"]) == 2
+    assert sum(v in train_ids for v in subsets["motion"]) == 2 * (int(COUNTS["n_train"] * 0.4) // 2)
+    assert not any(v not in test_ids | train_ids for name in ("motion", "small_object") for v in subsets[name])
     for name in ("motion", "small_object"):
         for vid in subsets[name]:
             partner = subsets["pairs"][vid]
-            assert vid in test_ids and partner in test_ids
+            assert (vid in test_ids) == (partner in test_ids)
             assert subsets["pairs"][partner] == vid and partner in subsets[name]
 
 
@@ -180,7 +186,7 @@ def test_motion_pairs(dataset):
     subsets = json.loads((dataset / "subsets.json").read_text())
     caps = dict(load_annotations(dataset).test)
     scenes = _scenes(dataset)
-    a = subsets["motion"][0]
+    a = next(v for v in subsets["motion"] if v in caps)
     b = subsets["pairs"][a]
     wa, wb = caps[a].split(), caps[b].split()
     assert len(wa) == len(wb)
@@ -205,7 +211,7 @@ def test_small_object_pairs(dataset):
     subsets = json.loads((dataset / "subsets.json").read_text())
     caps = dict(load_annotations(dataset).test)
     scenes = _scenes(dataset)
-    a = subsets["small_object"][0]
+    a = next(v for v in subsets["small_object"] if v in caps)
     b = subsets["pairs"][a]
     assert caps[a] != caps[b]
     assert {k: v for k, v in scenes[a].items() if k not in PER_MEMBER} == \

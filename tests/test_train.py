@@ -325,3 +325,49 @@ def test_all_gather_loss_and_gradients_match_one_process(tokenizer, tmp_path, mo
         for name, param in model.named_parameters():
             torch.testing.assert_close(result["grads"][name], param.grad, atol=1e-5, rtol=1e-4, msg=name)
     assert any(p.grad.abs().max() > 0 for n, p in model.named_parameters() if "score_predictor" in n)
+
+
+# ---------------------------------------------------------------------------- hard pairs in batches
+def test_paired_batches_keep_pairs_together_and_split_over_processes():
+    from ts2net.data import PairedBatchSampler
+
+    partner = np.full(40, -1)
+    for a, b in [(0, 1), (5, 9), (10, 11), (20, 33), (38, 39)]:
+        partner[a], partner[b] = b, a
+    one = PairedBatchSampler(partner, 8, seed=1)
+    assert len(one) == 5
+    for epoch in (0, 1):
+        one.set_epoch(epoch)
+        batches = list(one)
+        assert len(batches) == 5 and all(len(b) == 8 for b in batches)
+        assert len({c for b in batches for c in b}) == 40   # 40 clips fill 5 batches: nothing repeats
+        for b in batches:
+            assert all(partner[c] < 0 or partner[c] in b for c in b)
+        halves = [PairedBatchSampler(partner, 8, rank=r, world_size=2, seed=1) for r in (0, 1)]
+        for h in halves:
+            h.set_epoch(epoch)
+        assert [x + y for x, y in zip(*[list(h) for h in halves])] == batches
+    one.set_epoch(0)
+    first = list(one)
+    one.set_epoch(1)
+    assert list(one) != first
+    one.set_epoch(0)
+    assert list(one) == first
+    bad = partner.copy()
+    bad[0] = 2
+    with pytest.raises(ValueError, match="clip 0 names 2"):
+        PairedBatchSampler(bad, 8)
+
+
+def test_train_split_pairs_share_a_caption_variant(bench, tokenizer, tmp_path):
+    split = load_split(bench, "train", tokenizer, 16)
+    pairs = [(i, int(j)) for i, j in enumerate(split.partner) if i < j]
+    assert pairs, "the train split should hold hard pairs"
+    cache = cached_split(split, tmp_path, 32, FRAMES, progress=False)
+    ds = TrainClips(split, cache, seed=3)
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        for a, b in pairs:
+            ta, tb = split.captions[ds.caption_index(a)].split(), split.captions[ds.caption_index(b)].split()
+            # the same phrasing: equal length and only the changed attribute's word(s) differ
+            assert len(ta) == len(tb) and 0 < sum(x != y for x, y in zip(ta, tb)) <= 2, (ta, tb)

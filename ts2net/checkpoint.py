@@ -122,10 +122,12 @@ def _clip_to_ours(model: TS2Net, clip_state: Mapping[str, torch.Tensor]) -> dict
     text tower (positional embedding, blocks 0..temporal_layers-1); the selector, and temporal
     blocks beyond the text tower's depth, keep their fresh initialisation."""
     state = {f"clip.{k}": v.float() for k, v in clip_state.items() if k not in CLIP_METADATA_KEYS}
-    state["frame_position_embeddings.weight"] = clip_state["positional_embedding"].float().clone()
+    temporal = model.cfg.sim_header == "seqTransf"
+    if temporal:
+        state["frame_position_embeddings.weight"] = clip_state["positional_embedding"].float().clone()
     for key, value in clip_state.items():
         match = re.match(r"transformer\.resblocks\.(\d+)\.(.*)", key)
-        if match and int(match.group(1)) < model.cfg.temporal_layers:
+        if temporal and match and int(match.group(1)) < model.cfg.temporal_layers:
             state[f"transformerClip.resblocks.{match.group(1)}.{match.group(2)}"] = value.float().clone()
     for key, value in model.state_dict().items():
         if key.startswith(("visual_token_selector.", "transformerClip.")) and key not in state:

@@ -16,6 +16,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 FRAME_MASK_MODES = ("official", "fixed")
+#: Temporal heads, named as in the official code (CLIP4Clip's `--sim_header`): "seqTransf" (TS2-Net's:
+#: frame positions + temporal transformer over each frame's kept tokens) and "meanP" (CLIP4Clip's
+#: parameter-free mean of the normalised frame CLS embeddings; the ablation baseline).
+SIM_HEADERS = ("seqTransf", "meanP")
 
 
 @dataclass
@@ -36,6 +40,7 @@ class TS2NetConfig:
     shift_fold_div: int = 7        # fold = N // shift_fold_div: stride between shifted token positions
     top_k: int = 3                 # K patch tokens selected per frame (the CLS token is always kept too)
     temporal_layers: int = 4       # blocks of the temporal transformer (transformerClip)
+    sim_header: str = "seqTransf"  # "seqTransf" (TS2-Net) or "meanP" (CLIP4Clip mean pooling, no temporal module)
     max_frames: int = 12           # T, frames per video (padded frames included)
     max_words: int = 32            # L, text length including SOT and EOT
     frame_softmax_factor: float = 4.0  # the "4" in softmax(4 * u) over frames (similarity)
@@ -106,6 +111,11 @@ class TS2NetConfig:
             problems.append(f"max_words={self.max_words} must be in 3..{self.context_length}")
         if self.frame_mask_mode not in FRAME_MASK_MODES:
             problems.append(f"frame_mask_mode={self.frame_mask_mode!r}: expected one of {FRAME_MASK_MODES}")
+        if self.sim_header not in SIM_HEADERS:
+            problems.append(f"sim_header={self.sim_header!r}: expected one of {SIM_HEADERS}")
+        elif self.sim_header == "meanP" and self.token_selection:
+            problems.append("sim_header='meanP' pools only the frame CLS tokens, so the selected tokens would be "
+                            "discarded; set token_selection=false or use sim_header='seqTransf'")
         if self.perturbed_gradient not in ("full", "diagonal"):
             problems.append(f"perturbed_gradient={self.perturbed_gradient!r}: expected 'full' or 'diagonal'")
         if problems:
@@ -187,5 +197,8 @@ class TS2NetConfig:
         temporal = {m.group(1) for k in state if (m := re.match(r"transformerClip\.resblocks\.(\d+)\.", k))}
         if temporal:
             values["temporal_layers"] = len(temporal)
+        elif prefix and "frame_position_embeddings.weight" not in state:
+            # a TS2-Net / CLIP4Clip checkpoint without a temporal module was trained with meanP
+            values.update(sim_header="meanP", token_selection=False)
         values.update(overrides)
         return cls.from_dict(values, source="inferred config")

@@ -231,6 +231,11 @@ class CaptionedSplit:
     captions: list[str]
     video_of_caption: np.ndarray  # int64 [n_captions]
     tokens: np.ndarray            # int64 [n_captions, max_words]
+    partner: np.ndarray | None = None  # int64 [n_videos]: the hard-pair partner's index, -1 for none
+
+    def __post_init__(self) -> None:
+        if self.partner is None:
+            self.partner = np.full(len(self.video_ids), -1, dtype=np.int64)
 
     @property
     def captions_of_video(self) -> list[np.ndarray]:
@@ -256,10 +261,13 @@ def load_split(data_dir: str | os.PathLike, split: str, tokenizer, max_words: in
             video_ids.append(vid)
     kept = [(vid, text) for vid, text in pairs if vid in position]
     captions = [text for _, text in kept]
+    # hard pairs (subsets.json "pairs"), kept only when both members are in the split
+    partners = ann.subsets.get("pairs", {}) if isinstance(ann.subsets, dict) else {}
+    partner = np.array([position.get(partners.get(v), -1) for v in video_ids], dtype=np.int64)
     return CaptionedSplit(
         name=split, video_ids=video_ids, video_paths={v: ann.video_path(v) for v in video_ids},
         captions=captions, video_of_caption=np.array([position[v] for v, _ in kept], dtype=np.int64),
-        tokens=np.asarray(tokenizer.encode_batch(captions, max_words), dtype=np.int64))
+        tokens=np.asarray(tokenizer.encode_batch(captions, max_words), dtype=np.int64), partner=partner)
 
 
 # ---------------------------------------------------------------------------- datasets
@@ -281,6 +289,8 @@ class TrainClips(Dataset):
     The caption is drawn among the clip's captions by a generator seeded with (seed, epoch, clip),
     so an epoch's choices do not depend on worker processes, item order or earlier epochs --
     which is what makes a resumed run repeat an uninterrupted one exactly. Call `set_epoch`.
+    Both members of a hard pair draw with the lower member's index, so they get the same phrasing
+    variant: captions that differ only in the words for what the two scenes differ in.
     """
 
     def __init__(self, split: CaptionedSplit, cache: FrameCache, seed: int = 0):
@@ -294,7 +304,9 @@ class TrainClips(Dataset):
 
     def caption_index(self, clip: int) -> int:
         choices = self.caption_choices[clip]
-        pick = np.random.default_rng([self.seed, self.epoch, clip]).integers(len(choices))
+        partner = int(self.split.partner[clip])
+        key = min(clip, partner) if partner >= 0 else clip
+        pick = np.random.default_rng([self.seed, self.epoch, key]).integers(len(choices))
         return int(choices[pick])
 
     def __len__(self) -> int:
@@ -303,6 +315,56 @@ class TrainClips(Dataset):
     def __getitem__(self, clip: int):
         frames, mask = self.videos.get(clip)
         return self.tokens[self.caption_index(clip)], frames, mask
+
+
+class PairedBatchSampler:
+    """Global batches that keep every hard pair together; yields this process's slice of each.
+
+    Why: the contrastive loss only learns what tells a batch's clips apart. Random batches almost
+    never hold a scene and its twin that differs only in motion direction or in a small object, so
+    the words for those differences would get no gradient; here both members always share a batch.
+
+    Per epoch the pairs and the singles (themselves drawn into random twos) form units of two in an
+    order seeded by (seed, epoch) only, so a resumed epoch, and any number of processes, see the
+    same global batches; process r takes positions [r*B/W, (r+1)*B/W) of each global batch B. An
+    odd global batch cannot hold only whole pairs; then the units are simply concatenated.
+    The last incomplete batch (and an odd single) are dropped, as DistributedSampler(drop_last) does.
+    """
+
+    def __init__(self, partner: np.ndarray, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0):
+        if batch_size % world_size:
+            raise ValueError(f"global batch {batch_size} is not a multiple of the {world_size} processes")
+        partner = np.asarray(partner, dtype=np.int64)
+        n = len(partner)
+        for i, j in enumerate(partner):
+            if j >= 0 and (j >= n or partner[j] != i or j == i):
+                raise ValueError(f"hard pairs are not symmetric: clip {i} names {j} as its partner")
+        self.pairs = [(i, int(j)) for i, j in enumerate(partner) if i < j]
+        self.singles = np.flatnonzero(partner < 0)
+        self.batch_size, self.rank, self.world_size, self.seed = batch_size, rank, world_size, int(seed)
+        self.per_process = batch_size // world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        usable = 2 * len(self.pairs) + 2 * (len(self.singles) // 2)
+        return usable // self.batch_size
+
+    def global_batches(self) -> list[list[int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        singles = rng.permutation(self.singles)
+        units = [list(p) for p in self.pairs]
+        units += [[int(singles[i]), int(singles[i + 1])] for i in range(0, len(singles) - 1, 2)]
+        flat = [c for u in (units[i] for i in rng.permutation(len(units))) for c in u]
+        b = self.batch_size
+        return [flat[k * b:(k + 1) * b] for k in range(len(self))]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        lo = self.rank * self.per_process
+        for batch in self.global_batches():
+            yield batch[lo:lo + self.per_process]
 
 
 class SplitVideos(Dataset):

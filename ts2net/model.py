@@ -242,8 +242,9 @@ class TS2Net(nn.Module):
         super().__init__()
         self.cfg = cfg.validate()
         self.clip = CLIP(cfg)
-        self.frame_position_embeddings = nn.Embedding(cfg.context_length, cfg.text_width)
-        self.transformerClip = Transformer(cfg.text_width, cfg.temporal_layers, cfg.text_heads, ln_eps=1e-12)
+        if cfg.sim_header == "seqTransf":  # meanP has no temporal module (and, as officially, no such keys)
+            self.frame_position_embeddings = nn.Embedding(cfg.context_length, cfg.text_width)
+            self.transformerClip = Transformer(cfg.text_width, cfg.temporal_layers, cfg.text_heads, ln_eps=1e-12)
         self.visual_token_selector = TokenSelector(cfg)
         self.reset_parameters()
 
@@ -252,10 +253,12 @@ class TS2Net(nn.Module):
         cfg = self.cfg
         nn.init.normal_(self.clip.token_embedding.weight, std=0.02)
         nn.init.normal_(self.clip.positional_embedding, std=0.01)
-        nn.init.normal_(self.frame_position_embeddings.weight, std=0.01)
-        for tower, width, layers in ((self.clip.transformer, cfg.text_width, cfg.text_layers),
-                                     (self.clip.visual.transformer, cfg.vision_width, cfg.vision_layers),
-                                     (self.transformerClip, cfg.text_width, cfg.temporal_layers)):
+        towers = [(self.clip.transformer, cfg.text_width, cfg.text_layers),
+                  (self.clip.visual.transformer, cfg.vision_width, cfg.vision_layers)]
+        if cfg.sim_header == "seqTransf":
+            nn.init.normal_(self.frame_position_embeddings.weight, std=0.01)
+            towers.append((self.transformerClip, cfg.text_width, cfg.temporal_layers))
+        for tower, width, layers in towers:
             proj_std = width ** -0.5 * (2 * max(layers, 1)) ** -0.5
             for block in tower.resblocks:
                 nn.init.normal_(block.attn.in_proj_weight, std=width ** -0.5)
@@ -290,6 +293,8 @@ class TS2Net(nn.Module):
         else:
             kept = tokens[:, :1]                                  # CLS only, M = 1
         m = cfg.tokens_per_frame
+        if cfg.sim_header == "meanP":
+            return self._mean_pooled(kept.reshape(-1, frames_per_video, kept.shape[-1]), frame_mask), None
         v = kept.reshape(-1, frames_per_video * m, kept.shape[-1])  # (B, T*M, D), frame-major
         h = v + self.frame_position_embeddings.weight[: frames_per_video * m]
         token_mask = token_frame_mask(frame_mask, m, cfg.frame_mask_mode).to(v.dtype)  # (B, T*M)
@@ -299,6 +304,19 @@ class TS2Net(nn.Module):
         if indices is not None:
             indices = indices.reshape(-1, frames_per_video, cfg.top_k)
         return frame_embeds, indices
+
+    def _mean_pooled(self, cls: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        """meanP (CLIP4Clip): masked mean of the L2-normalised frame CLS embeddings, repeated per frame.
+
+        cls (B, T, D) -> (B, T, D) with every frame holding the video embedding. Repeating keeps the
+        frame_embeds I/O contract: the frame-weighted similarity of T identical frames is the cosine
+        with that one embedding (the softmax weights are uniform over the valid frames), exactly
+        CLIP4Clip's meanP score, so exporters and the runtime need no second code path.
+        """
+        mask = frame_mask.to(cls.dtype).unsqueeze(-1)                          # (B, T, 1)
+        unit = cls / cls.norm(dim=-1, keepdim=True)
+        pooled = (unit * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)     # (B, D)
+        return pooled.unsqueeze(1).expand_as(cls)
 
     # ------------------------------------------------------------------ similarity and loss
     def similarity(self, text_embeds: torch.Tensor, frame_embeds: torch.Tensor,

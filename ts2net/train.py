@@ -39,7 +39,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
-from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 import ts2net
@@ -47,7 +46,7 @@ from runtime.metrics import retrieval_metrics, v2t_metrics
 from runtime.tokenizer import ClipTokenizer, find_bpe_vocab, load_tokenizer
 from ts2net._io import atomic_write_bytes, atomic_write_text
 from ts2net.config import TS2NetConfig
-from ts2net.data import FrameCache, SplitVideos, TrainClips, cached_split, load_split
+from ts2net.data import FrameCache, PairedBatchSampler, SplitVideos, TrainClips, cached_split, load_split
 from ts2net.model import TS2Net, contrastive_loss, effective_frame_mask, frame_weighted_similarity
 from ts2net.train_tokenizer import DEFAULT_VOCAB_SIZE, train_caption_tokenizer
 
@@ -429,11 +428,12 @@ def _prepare_data(opts: TrainOptions, cfg: TS2NetConfig, tokenizer: ClipTokenize
     dataset = TrainClips(train_split, caches["train"], seed=opts.seed)
     if len(dataset) < opts.batch_size:
         raise ValueError(f"{len(dataset)} training clips are fewer than one batch ({opts.batch_size})")
-    # the sampler's order depends only on (seed, epoch): a resumed epoch sees the same batches
-    sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True,
-                                 seed=opts.seed, drop_last=True)
-    loader = DataLoader(dataset, batch_size=opts.batch_size // info.world_size, sampler=sampler, drop_last=True,
-                        num_workers=opts.workers, generator=torch.Generator().manual_seed(opts.seed))
+    # the sampler's order depends only on (seed, epoch): a resumed epoch sees the same batches;
+    # hard pairs of the benchmark always share a batch (PairedBatchSampler says why)
+    sampler = PairedBatchSampler(train_split.partner, opts.batch_size, info.rank, info.world_size, opts.seed)
+    if len(sampler) == 0:
+        raise ValueError(f"{len(dataset)} training clips do not fill one batch of {opts.batch_size}")
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=opts.workers)
     return train_split, val_split, caches, dataset, sampler, loader
 
 
@@ -495,7 +495,7 @@ def run_training(opts: TrainOptions, stop_after_epoch: int | None = None) -> dic
     lr, clip_scale = opts.learning_rates()
     if info.main:
         print(f"[train] {cfg.name}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
-              f"{len(dataset)} clips, global batch {opts.batch_size} x {info.world_size} process(es), "
+              f"{len(dataset)} clips ({len(sampler.pairs)} hard pairs), global batch {opts.batch_size} x {info.world_size} process(es), "
               f"{steps_per_epoch} steps/epoch, {opts.epochs} epochs, lr {lr:g} (CLIP x{clip_scale:g}), "
               f"warm-up {warmup} steps, {torch.get_num_threads()} threads", flush=True)
     started = time.perf_counter()
@@ -553,7 +553,8 @@ def run_training(opts: TrainOptions, stop_after_epoch: int | None = None) -> dic
         "config": cfg.to_dict(), "options": _jsonable(dataclasses.asdict(opts)),
         "learning_rates": {"new_modules": lr, "clip": lr * clip_scale}, "warmup_steps": warmup,
         "world_size": info.world_size, "threads": torch.get_num_threads(),
-        "train_clips": len(dataset), "train_captions": len(train_split.captions),
+        "train_clips": len(dataset), "train_hard_pairs": len(sampler.pairs),
+        "train_captions": len(train_split.captions),
         "epochs": opts.epochs, "steps": step, "steps_per_epoch": steps_per_epoch,
         "wall_s": round(wall_before + time.perf_counter() - started, 2),
         "mean_step_s_this_session": round(float(np.mean(step_times)), 4) if step_times else None,

@@ -128,14 +128,24 @@ def aligned_captions(specs: list[SceneSpec], variant: int = 0) -> list[str]:
 
 def captions_for(spec: SceneSpec, n: int) -> list[str]:
     """``n`` distinct phrasings (fewer only if the grammar runs out)."""
-    out: list[str] = []
-    seen: set[str] = set()
+    return aligned_caption_sets([spec], n)[0]
+
+
+def aligned_caption_sets(specs: list[SceneSpec], n: int) -> list[list[str]]:
+    """``n`` distinct phrasings for each of ``specs`` (pair members), aligned variant by variant.
+
+    Caption i of one member and caption i of the other differ only in the words for what the
+    scenes differ in, so a trainer that puts both in a batch teaches exactly that difference.
+    """
+    out: list[list[str]] = [[] for _ in specs]
+    seen: set[tuple[str, ...]] = set()
     for variant in range(20 * n):
-        text = caption(spec, variant)
-        if text not in seen:
-            seen.add(text)
-            out.append(text)
-            if len(out) == n:
+        texts = tuple(aligned_captions(specs, variant))
+        if texts not in seen and all(t not in done for t, done in zip(texts, out)):
+            seen.add(texts)
+            for t, done in zip(texts, out):
+                done.append(t)
+            if len(out[0]) == n:
                 break
     return out
 

@@ -30,11 +30,11 @@ import click
 from tqdm import tqdm
 
 from . import render
-from .captions import aligned_captions, captions_for
+from .captions import aligned_caption_sets, aligned_captions
 from .scene import SPLITS, GenParams, SceneSpec, plan_split
 
 #: Bump whenever the sampling, rendering, grammar or encoding changes.
-GENERATOR_VERSION = "1.0"
+GENERATOR_VERSION = "1.1"  # 1.1: hard pairs in the train split (test split unchanged)
 DEFAULT_COUNTS = {"train": 5000, "val": 250, "test": 1000}
 _PROGRESS = ".progress.jsonl"
 
@@ -127,16 +127,17 @@ class SplitPlan:
 def plan(seed: int, split: str, n: int, params: GenParams) -> SplitPlan:
     """Specs and captions of a split; cheap (no rendering)."""
     specs = plan_split(seed, split, n, params)
-    if split == "train":
-        caps = {s.video_id: captions_for(s, params.train_captions) for s in specs}
-    else:
-        by_id = {s.video_id: s for s in specs}
-        caps = {}
-        for s in specs:
-            # Pair members share phrasing draws and simplification level, so
-            # their captions differ only in the words for what differs.
-            members = [s, by_id[s.pair]] if s.pair else [s]
+    by_id = {s.video_id: s for s in specs}
+    caps = {}
+    for s in specs:
+        # Pair members share phrasing draws and simplification level, so
+        # their captions differ only in the words for what differs.
+        members = [s, by_id[s.pair]] if s.pair else [s]
+        if split == "train":
+            caps[s.video_id] = aligned_caption_sets(members, params.train_captions)[0]
+        else:
             caps[s.video_id] = [aligned_captions(members)[0]]
+    if split != "train":
         texts = [c[0] for c in caps.values()]
         # Unique content keys imply unique strings; this guards the grammar.
         assert len(set(texts)) == len(texts), f"duplicate {split} captions"

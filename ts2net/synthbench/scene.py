@@ -105,6 +105,11 @@ class GenParams:
     motion_pair_frac: float = 0.25
     small_pair_frac: float = 0.25
     train_captions: int = 5
+    #: Train clips in hard pairs too: the trainer keeps both members in one batch, so the
+    #: contrastive loss must tell a direction (or a small object) apart; random batches of 16
+    #: almost never hold two scenes that differ in only that.
+    train_motion_pair_frac: float = 0.4
+    train_small_pair_frac: float = 0.3
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -403,13 +408,19 @@ _PAIR_BUILDERS = {"motion": _motion_pair, "small_object": _small_object_pair}
 
 
 def split_layout(split: str, n: int, params: GenParams) -> list[str]:
-    """Subset of every index: pairs first (at even/odd neighbours), then ordinary."""
-    if split != "test":
+    """Subset of every index: pairs first (at even/odd neighbours), then ordinary.
+
+    The test split's pairs are the hard subsets the evaluation reports; the train split's are
+    hard negatives for training; the validation split has none (it tracks plain retrieval).
+    """
+    if split == "val":
         return ["ordinary"] * n
-    n_motion = 2 * (int(n * params.motion_pair_frac) // 2)
-    n_small = 2 * (int(n * params.small_pair_frac) // 2)
+    motion_frac, small_frac = ((params.motion_pair_frac, params.small_pair_frac) if split == "test"
+                               else (params.train_motion_pair_frac, params.train_small_pair_frac))
+    n_motion = 2 * (int(n * motion_frac) // 2)
+    n_small = 2 * (int(n * small_frac) // 2)
     if n_motion + n_small > n:
-        raise ValueError("pair fractions exceed the test split")
+        raise ValueError(f"pair fractions exceed the {split} split")
     return ["motion"] * n_motion + ["small_object"] * n_small + ["ordinary"] * (n - n_motion - n_small)
 
 
