@@ -182,12 +182,16 @@ def _frames_differ(root: Path, a: str, b: str) -> float:
     return float(np.abs(fa.astype(np.int16) - fb.astype(np.int16)).mean())
 
 
-def test_motion_pairs(dataset):
+def _first_test_pair(dataset, subset: str) -> tuple[dict, dict, str, str]:
+    """Test captions, scene records and the first test pair (a, b) of a hard subset."""
     subsets = json.loads((dataset / "subsets.json").read_text())
     caps = dict(load_annotations(dataset).test)
-    scenes = _scenes(dataset)
-    a = next(v for v in subsets["motion"] if v in caps)
-    b = subsets["pairs"][a]
+    a = next(v for v in subsets[subset] if v in caps)
+    return caps, _scenes(dataset), a, subsets["pairs"][a]
+
+
+def test_motion_pairs(dataset):
+    caps, scenes, a, b = _first_test_pair(dataset, "motion")
     wa, wb = caps[a].split(), caps[b].split()
     assert len(wa) == len(wb)
     diff = {(x, y) for x, y in zip(wa, wb) if x != y}
@@ -208,11 +212,7 @@ PER_MEMBER = ("objects", "video_id", "index", "pair", "pair_change", "captions")
 
 
 def test_small_object_pairs(dataset):
-    subsets = json.loads((dataset / "subsets.json").read_text())
-    caps = dict(load_annotations(dataset).test)
-    scenes = _scenes(dataset)
-    a = next(v for v in subsets["small_object"] if v in caps)
-    b = subsets["pairs"][a]
+    caps, scenes, a, b = _first_test_pair(dataset, "small_object")
     assert caps[a] != caps[b]
     assert {k: v for k, v in scenes[a].items() if k not in PER_MEMBER} == \
         {k: v for k, v in scenes[b].items() if k not in PER_MEMBER}

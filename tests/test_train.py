@@ -209,6 +209,14 @@ def _run_args(bench, out, cache, *extra) -> list[str]:
     return args + list(extra)
 
 
+def test_too_few_clips_for_one_batch_is_a_clear_error(bench, tmp_path):
+    args = _run_args(bench, tmp_path / "run", tmp_path / "cache")
+    args[args.index("--batch-size") + 1] = "8"
+    result = CliRunner().invoke(train_command, args)
+    assert result.exit_code != 0
+    assert "6 training clips (1 hard pairs) do not fill one batch of 8" in result.output
+
+
 def test_cli_run_and_resume_match_an_uninterrupted_run(bench, tmp_path):
     runner = CliRunner()
     cache = tmp_path / "cache"

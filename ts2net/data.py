@@ -262,7 +262,7 @@ def load_split(data_dir: str | os.PathLike, split: str, tokenizer, max_words: in
     kept = [(vid, text) for vid, text in pairs if vid in position]
     captions = [text for _, text in kept]
     # hard pairs (subsets.json "pairs"), kept only when both members are in the split
-    partners = ann.subsets.get("pairs", {}) if isinstance(ann.subsets, dict) else {}
+    partners = ann.subsets.get("pairs", {})
     partner = np.array([position.get(partners.get(v), -1) for v in video_ids], dtype=np.int64)
     return CaptionedSplit(
         name=split, video_ids=video_ids, video_paths={v: ann.video_path(v) for v in video_ids},

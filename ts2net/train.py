@@ -426,13 +426,12 @@ def _prepare_data(opts: TrainOptions, cfg: TS2NetConfig, tokenizer: ClipTokenize
     if not info.main:
         caches = {s.name: FrameCache(cache_root, s.name, cfg.image_size, cfg.max_frames) for s in splits}
     dataset = TrainClips(train_split, caches["train"], seed=opts.seed)
-    if len(dataset) < opts.batch_size:
-        raise ValueError(f"{len(dataset)} training clips are fewer than one batch ({opts.batch_size})")
     # the sampler's order depends only on (seed, epoch): a resumed epoch sees the same batches;
     # hard pairs of the benchmark always share a batch (PairedBatchSampler says why)
     sampler = PairedBatchSampler(train_split.partner, opts.batch_size, info.rank, info.world_size, opts.seed)
     if len(sampler) == 0:
-        raise ValueError(f"{len(dataset)} training clips do not fill one batch of {opts.batch_size}")
+        raise ValueError(f"{len(dataset)} training clips ({len(sampler.pairs)} hard pairs) do not fill one batch "
+                         f"of {opts.batch_size}")
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=opts.workers)
     return train_split, val_split, caches, dataset, sampler, loader
 
