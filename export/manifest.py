@@ -41,7 +41,7 @@ def preprocessing_facts(cfg: TS2NetConfig) -> dict[str, Any]:
     return {
         "image_size": cfg.image_size,
         "resize": "bicubic; short side -> image_size, long side -> int(image_size * long / short)",
-        "crop": "center image_size x image_size, offset int(round((dim - image_size) / 2))",
+        "crop": "center image_size x image_size, offset int((dim - image_size + 1) * 0.5) (rounded half up)",
         "scale": 1 / 255,
         "mean": list(CLIP_MEAN), "std": list(CLIP_STD),
         "color": "RGB",

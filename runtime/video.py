@@ -140,8 +140,9 @@ def preprocess_frame(
 
     Replicates torchvision 0.8: short side to `size` with PIL bicubic and the long side
     `int(size * long / short)` (truncated; no resize if the short side already equals `size`),
-    center crop at `int(round((dim - size) / 2.0))` (Python's round: half to even, so 36.5 -> 36
-    but 37.5 -> 38), then /255 and normalisation, all in float32 like the torch tensors.
+    center crop at `int((dim - size + 1) * 0.5)` (torchvision 0.8's offset, rounded half up: a
+    352x288 clip resized to 273x224 is cropped at left 25, where the newer half-to-even rule gives
+    24), then /255 and normalisation, all in float32 like the torch tensors.
     """
     arr = np.asarray(rgb)
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
@@ -155,8 +156,8 @@ def preprocess_frame(
         img = Image.fromarray(np.ascontiguousarray(arr))
         arr = np.asarray(img.resize((new_w, new_h), Image.Resampling.BICUBIC))
         h, w = new_h, new_w
-    top = int(round((h - size) / 2.0))
-    left = int(round((w - size) / 2.0))
+    top = int((h - size + 1) * 0.5)
+    left = int((w - size + 1) * 0.5)
     crop = arr[top : top + size, left : left + size]
     x = crop.astype(np.float32) / np.float32(255.0)
     x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)

@@ -107,17 +107,17 @@ def write_video(path: Path, n: int, rate, w: int, h: int, codec: str, fmt: str |
 
 
 # name: (frames, rate, width, height, codec, container format, bt709)
-# Crop notes (size 224): 172x128 -> 301 wide, offset round(38.5) = 38 (half-up would say 39);
-# 128x170 -> 297 high, round(36.5) = 36; 171x128 -> int(299.25) = 299, round(37.5) = 38 (floor
-# would say 37); 170x128 -> int(297.5) = 297, round(36.5) = 36. libx264 rejects odd sizes, so
-# the odd one uses MPEG-4 Part 2.
+# Crop notes (size 224, offset int((L - 224 + 1) * 0.5), half up): 172x128 -> 301 wide, offset 39
+# (half to even would say 38); 128x170 -> 297 high, 37; 171x128 -> int(299.25) = 299, 38 (floor
+# would say 37); 170x128 -> int(297.5) = 297, 37. libx264 rejects odd sizes, so the odd one uses
+# MPEG-4 Part 2.
 SPECS = {
     "25fps_under_1s": (10, 25, 160, 120, H264, None, False),
     "30fps_partial_last_second_of_1_frame": (61, 30, 160, 120, H264, None, False),
     "29.97fps_drift_more_than_T_samples": (420, Fraction(30000, 1001), 172, 128, H264, None, False),
     "23.976fps_portrait": (100, Fraction(24000, 1001), 128, 170, H264, None, False),
     "24fps_odd_171x128": (73, 24, 171, 128, MPEG4, None, False),
-    "30fps_170x128_half_to_even_crop": (95, 30, 170, 128, MPEG4, None, False),
+    "30fps_170x128_half_up_crop": (95, 30, 170, 128, MPEG4, None, False),
     "25fps_square_224_whole_seconds": (50, 25, 224, 224, H264, None, False),
     "25fps_matroska_no_nb_frames": (61, 25, 160, 120, H264, "matroska", False),
     "25fps_bt709_tagged": (30, 25, 160, 120, H264, None, True),
@@ -155,8 +155,8 @@ def official_transform(img: Image.Image, size: int) -> np.ndarray:
             oh, ow = size, int(size * w / h)
         img = img.resize((ow, oh), Image.BICUBIC)
     w, h = img.size
-    top = int(round((h - size) / 2.0))
-    left = int(round((w - size) / 2.0))
+    top = int((h - size + 1) * 0.5)
+    left = int((w - size + 1) * 0.5)
     img = img.crop((left, top, left + size, top + size)).convert("RGB")
     t = np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32) / np.float32(255)
     mean = np.asarray(CLIP_MEAN, np.float32)[:, None, None]
@@ -321,10 +321,10 @@ def _normalised(crop: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize(
     "h, w, top, left",
     [
-        (224, 297, 0, 36),  # (297-224)/2 = 36.5 -> round half to even: 36 (half-up would be 37)
-        (224, 299, 0, 38),  # 37.5 -> 38 (floor would be 37)
-        (297, 224, 36, 0),  # portrait
-        (224, 300, 0, 38),  # 38.0 exactly
+        (224, 297, 0, 37),  # int((297-224+1) * 0.5) = 37 (half to even would give 36)
+        (224, 299, 0, 38),  # int(76 * 0.5) = 38 (floor of 37.5 would be 37)
+        (297, 224, 37, 0),  # portrait
+        (224, 300, 0, 38),  # int(77 * 0.5) = 38
     ],
 )
 def test_center_crop_rounding_is_pinned(h, w, top, left):
@@ -334,7 +334,7 @@ def test_center_crop_rounding_is_pinned(h, w, top, left):
 
 
 def test_resize_truncates_long_side_then_crops():
-    # 171x128 -> 299.25 -> 299 wide (truncated), crop left round(37.5) = 38
+    # 171x128 -> 299.25 -> 299 wide (truncated), crop left int(76 * 0.5) = 38
     rgb = np.random.default_rng(0).integers(0, 256, (128, 171, 3), dtype=np.uint8)
     resized = np.asarray(Image.fromarray(rgb).resize((299, 224), Image.BICUBIC))
     np.testing.assert_array_equal(preprocess_frame(rgb, 224), _normalised(resized[:, 38:262]))
