@@ -43,7 +43,6 @@ import numpy as np
 from . import datasets
 from .embedding_cache import (EmbeddingCache, VideoEmbedding, atomic_save_npy, atomic_write_bytes,
                               default_cache_dir, encode_videos_cached)
-from .frame_similarity import similarity
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +204,8 @@ def build_index(
                    for p, s, m in zip(result.paths, result.sha256, result.frame_mask)],
         "skipped": [{"video_id": id_of.get(p), "path": p, "reason": r} for p, r in result.skipped],
         "arrays": arrays,
+        # the search engine's state (runtime.search) survives a rebuild; a stale one is refused at search time
+        "engine": (previous or {}).get("engine") or {"name": "scan"},
         "build": {"encoded": result.n_encoded, "from_cache": result.n_cached, "reused_from_index": result.n_reused,
                   "seconds": round(time.perf_counter() - start, 3),
                   "cache_dir": str(cache.dir) if cache else None},
@@ -220,18 +221,14 @@ def build_index(
 # search
 # --------------------------------------------------------------------------------------------
 
-def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k best scores, best first; ties keep index order (a stable sort, so the
-    same index always answers the same way; O(N log N) is milliseconds even for 1M videos)."""
-    return np.argsort(-scores, kind="stable")[:k]
-
-
 def search_index(index: VideoIndex, queries: Sequence[str], k: int = 10, *, bundle_dir=None,
-                 backend: str = "ort-cpu", batch_size: int = 16) -> list[dict[str, Any]]:
+                 backend: str = "ort-cpu", batch_size: int = 16, engine: Optional[str] = None) -> list[dict[str, Any]]:
     """Rank the indexed videos for each query by the TS2-Net similarity (logit-scaled scores).
 
     The bundle defaults to the one recorded in the index; its id must match the index's.
-    Returns one ``{"query", "results": [{"rank", "video_id", "score", "path"}]}`` per query.
+    ``engine``: None = the index's recorded engine (``runtime.search``), "scan" = every video.
+    Returns one ``{"query", "engine", "results": [{"rank", "video_id", "score", "path"}], "rescored",
+    "stop_rule_met", "fallback_scan"}`` per query.
     """
     from .bundle import open_bundle
     from .encoder import BundleEncoder
@@ -249,15 +246,14 @@ def search_index(index: VideoIndex, queries: Sequence[str], k: int = 10, *, bund
                           "or rebuild the index")
     with BundleEncoder(bundle, backend=backend, precision=index.meta["precision"], batch_size=batch_size) as enc:
         text = np.asarray(enc.encode_texts(list(queries)), np.float32)
-    sim = similarity(text, index.frame_embeds, index.frame_mask, **index.similarity_args)
-    results = []
-    ids = index.video_ids
-    for q, row in zip(queries, sim):
-        top = _top_k(row, k)
-        results.append({"query": q, "results": [
-            {"rank": r + 1, "video_id": ids[i], "score": float(row[i]), "path": str(index.video_path(i))}
-            for r, i in enumerate(top)]})
-    return results
+    from .search import Searcher, hits_json
+
+    searcher = Searcher(index, engine)
+    try:
+        found = searcher.search(text, k)
+    finally:
+        searcher.close()
+    return [{"query": q, "engine": searcher.name, **hits_json(index, h)} for q, h in zip(queries, found)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -266,13 +262,14 @@ def search_index(index: VideoIndex, queries: Sequence[str], k: int = 10, *, bund
 
 def _click_errors(action):
     from .backends import BackendUnavailable
+    from .search import EngineUnavailable
     from .video import VideoDecodeError
 
     try:
         return action()
     except VideoDecodeError as exc:
         raise click.ClickException(f"{exc}\n(pass --skip-bad to skip unreadable videos)") from exc
-    except (ValueError, BackendUnavailable) as exc:  # VideoIndexError, BundleError, AnnotationError, settings
+    except (ValueError, BackendUnavailable, EngineUnavailable) as exc:  # VideoIndexError, BundleError, AnnotationError, settings
         raise click.ClickException(str(exc)) from exc
 
 
@@ -294,8 +291,17 @@ def _click_errors(action):
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="Video decoding threads (0: decode in the main thread).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
+@click.option("--engine", type=click.Choice(["scan", "faiss", "milvus"]), default=None,
+              help="Search engine [default: the index's current one, scan for a new index]: scan scores every "
+                   "video; faiss / milvus fetch frame candidates and re-rank them exactly (docs/search.md).")
+@click.option("--exact", is_flag=True, help="faiss / milvus: a flat (exact) frame index; same top-k as scan.")
+@click.option("--faiss-kind", type=click.Choice(["auto", "flat", "hnsw", "ivf"]), default="auto", show_default=True,
+              help="faiss index type (auto: HNSW up to 4M frames, IVF beyond).")
+@click.option("--milvus-uri", default=None,
+              help="Milvus server, e.g. http://host:19530 [default: Milvus Lite file milvus.db in the index].")
+@click.option("--milvus-collection", default=None, help="Milvus collection name [default: generated, recorded].")
 def index_command(bundle_dir, videos_dir, out, backend, precision, dtype, skip_bad, batch_size, cache_dir, no_cache,
-                  workers, no_progress):
+                  workers, no_progress, engine, exact, faiss_kind, milvus_uri, milvus_collection):
     """Encode every video in a folder into a search index (resumable; unchanged videos are not re-encoded)."""
     meta = _click_errors(lambda: build_index(
         bundle_dir, videos_dir, out, backend=backend, precision=precision, skip_bad=skip_bad, batch_size=batch_size,
@@ -305,6 +311,17 @@ def index_command(bundle_dir, videos_dir, out, backend, precision, dtype, skip_b
                f"cache, {b['reused_from_index']} reused from the index; {b['seconds']:.1f} s)")
     for s in meta["skipped"]:
         click.echo(f"skipped {s['path']}: {s['reason']}")
+    from .search import sync_engine
+
+    name = engine or meta["engine"]["name"]
+    options = {k: v for k, v in (("faiss_kind", faiss_kind), ("milvus_uri", milvus_uri),
+                                 ("milvus_collection", milvus_collection)) if v is not None}
+    section = _click_errors(lambda: sync_engine(open_index(out), name, exact=exact, progress=not no_progress,
+                                                **options))
+    if name != "scan":
+        click.echo(f"engine {name} ({section.get('kind') or section.get('index_type')}"
+                   f"{', exact' if section['exact'] else ''}): {section['n_frames']} frames of {section['n_keys']} "
+                   f"distinct videos ({section['build_seconds']:.1f} s)")
 
 
 @click.command("search")
@@ -314,12 +331,16 @@ def index_command(bundle_dir, videos_dir, out, backend, precision, dtype, skip_b
 @click.option("--bundle", "bundle_dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="Bundle for the text side [default: the one recorded in the index].")
 @click.option("--backend", default="ort-cpu", show_default=True, help="Backend for encoding the query.")
+@click.option("--engine", type=click.Choice(["scan"]), default=None,
+              help="Override the index's engine with a full scan (the ground truth).")
 @click.option("--json", "as_json", is_flag=True,
-              help='Print JSON: a list of {"query", "results": [{"rank", "video_id", "score", "path"}]}.')
-def search_command(index_dir, queries, k, bundle_dir, backend, as_json):
+              help='Print JSON: a list of {"query", "engine", "results": [{"rank", "video_id", "score", "path"}], '
+                   '"rescored", "stop_rule_met", "fallback_scan"}.')
+def search_command(index_dir, queries, k, bundle_dir, backend, engine, as_json):
     """Rank the indexed videos for a text query (scores: logit-scaled TS2-Net similarity)."""
     def run():
-        return search_index(open_index(index_dir), list(queries), k, bundle_dir=bundle_dir, backend=backend)
+        return search_index(open_index(index_dir), list(queries), k, bundle_dir=bundle_dir, backend=backend,
+                            engine=engine)
 
     results = _click_errors(run)
     if as_json:
@@ -328,7 +349,10 @@ def search_command(index_dir, queries, k, bundle_dir, backend, as_json):
     for i, entry in enumerate(results):
         if i:
             click.echo("")
-        click.echo(f"query: {entry['query']}")
+        note = "" if entry["engine"] == "scan" else (
+            f"  [{entry['engine']}: {entry['rescored']} re-scored, stop rule "
+            f"{'met' if entry['stop_rule_met'] else 'not met: full re-score'}]")
+        click.echo(f"query: {entry['query']}{note}")
         width = max(len(r["video_id"]) for r in entry["results"])
         for r in entry["results"]:
             click.echo(f"{r['rank']:>4}  {r['score']:9.4f}  {r['video_id']:<{width}}  {r['path']}")
