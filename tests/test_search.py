@@ -328,7 +328,8 @@ def test_interrupted_build_resumes_without_duplicates(engine, tmp_path, monkeypa
     else:
         import faiss
 
-        held = faiss.vector_to_array(faiss.read_index(str(root / section["file"])).id_map)
+        stored = faiss.read_index(str(root / section["file"]))
+        held = faiss.vector_to_array(stored.id_map)
         assert len(np.unique(held)) == len(held) == n_weighted(fm) - section["grouped_frames"]
     search_equals_scan(open_index(root), fe, fm, text)
     leftovers = sorted(p.name for p in root.glob("engine_keys.*.npy"))
