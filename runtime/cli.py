@@ -20,6 +20,8 @@ COMMANDS = {
     "bench": ("runtime.bench", "bench_command", "Latency / throughput benchmark of a bundle's backends."),
     "index": ("runtime.index", "index_command", "Encode a folder of videos into a search index."),
     "search": ("runtime.index", "search_command", "Search an index with a text query."),
+    "bench-search": ("runtime.search.bench", "bench_search_command",
+                     "Search engines (scan, faiss, milvus) on synthetic collections: latency, recall, memory."),
 }
 
 

@@ -235,7 +235,7 @@ class MilvusEngine(FrameEngine):
         depth = max(1, min(depth, MAX_TOPK))
         ef = max(int(self.section["params"].get("ef_min", 128)), 2 * depth)
         res = self.client.search(self.collection, data=[q for q in np.asarray(unit_queries, np.float32)],
-                                 limit=depth, anns_field="vec",
+                                 limit=depth, anns_field="vec", output_fields=["video"],  # else it sends vectors
                                  search_params={"metric_type": "IP", "params": {"ef": ef}})
         cos = np.full((len(unit_queries), depth), -np.inf, np.float32)
         labels = np.full((len(unit_queries), depth), -1, np.int64)

@@ -1,0 +1,301 @@
+"""`ts2net bench-search`: build time, memory, latency and recall of each search engine vs the scan.
+
+For each collection size N a seeded synthetic collection (:mod:`runtime.search.synthetic`) is
+written once; every engine gets its own index directory whose arrays are hard links to it. The
+ground truth is the scan's top-100 of every query. Measured per engine:
+
+* build: ``sync_engine`` seconds (the arrays exist already: this is the engine's own cost) and
+  the bytes of its files (Milvus Lite: the .db folder);
+* memory: resident-set growth of this process and its children (Milvus Lite's server) once the
+  engine is opened for search;
+* latency: batch 1 (queries one at a time, k=10) and batch 32, p50 / p95 in ms per batch;
+* recall@10 / @100 against the scan, the share of queries whose top-10 is identical (same videos,
+  same order), exact re-scores per query, the share that met the stop rule (the rest re-scored
+  every unseen video) -- all from the same queries.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from ..reports import environment, environment_markdown, write_report
+from . import Searcher, sync_engine
+from .synthetic import SyntheticSpec, synthetic_queries, write_synthetic_index
+
+ENGINE_SPECS = {"scan": ("scan", {}), "faiss-exact": ("faiss", {"exact": True}), "faiss": ("faiss", {}),
+                "faiss-hnsw": ("faiss", {"faiss_kind": "hnsw"}), "faiss-ivf": ("faiss", {"faiss_kind": "ivf"}),
+                "milvus": ("milvus", {}), "milvus-exact": ("milvus", {"exact": True})}
+
+
+def _rss_tree() -> int:
+    """Resident bytes of this process and all its descendants (Linux /proc)."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(stat[1]), []).append(int(d.name))
+            rss[int(d.name)] = int(stat[21]) * page
+        except (OSError, IndexError, ValueError):
+            continue
+    total, todo = 0, [os.getpid()]
+    while todo:
+        pid = todo.pop()
+        total += rss.get(pid, 0)
+        todo.extend(children.get(pid, []))
+    return total
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _uptime() -> str:
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
+    except OSError:
+        return "unknown"
+
+
+def _percentiles(ms: list[float]) -> dict[str, float]:
+    a = np.asarray(ms, np.float64)
+    return {"p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95)), "n": int(a.size)}
+
+
+def _engine_dir(base: Path, name: str) -> Path:
+    """A fresh index directory for one engine sharing the collection's arrays (hard links)."""
+    d = base / f"engine-{name}"
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
+    for f in ("frame_embeds.synthetic.npy", "frame_mask.synthetic.npy", "index.json"):
+        if f == "index.json":
+            shutil.copy2(base / f, d / f)
+        else:
+            os.link(base / f, d / f)
+    meta = json.loads((d / "index.json").read_text())
+    meta["videos_dir"] = str(d / "videos")
+    (d / "index.json").write_text(json.dumps(meta))
+    return d
+
+
+def _overlap(a: np.ndarray, b: np.ndarray, k: int) -> float:
+    return len(set(a[:k].tolist()) & set(b[:k].tolist())) / max(1, min(k, len(b)))
+
+
+def bench_engine(name: str, base: Path, text: np.ndarray, truth: list, *, lat1: int, lat32: int,
+                 progress: bool) -> dict[str, Any]:
+    from ..index import open_index
+
+    engine, options = ENGINE_SPECS[name]
+    d = _engine_dir(base, name)
+    index = open_index(d)
+    rss0 = _rss_tree()
+    t0 = time.perf_counter()
+    section = sync_engine(index, engine, progress=progress, **options)
+    build_s = time.perf_counter() - t0
+    rss_build = _rss_tree()
+    searcher = Searcher(open_index(d))
+    searcher.search(text[:1], 10)                       # warm-up: loads the collection / pages
+    rss_search = _rss_tree()
+    one = [searcher_time(searcher, text[i:i + 1], 10)[0] for i in range(min(lat1, len(text)))]
+    batches, hits10 = [], []
+    for a in range(0, min(lat32 * 32, len(text)), 32):
+        ms, h = searcher_time(searcher, text[a:a + 32], 10)
+        batches.append(ms)
+        hits10.extend(h)
+    rest = [searcher.search(text[a:a + 32], 10) for a in range(len(hits10), len(text), 32)]
+    hits10.extend(h for r in rest for h in r)
+    hits100 = [h for a in range(0, len(text), 32) for h in searcher.search(text[a:a + 32], 100)]
+    searcher.close()
+    files = _dir_bytes(d) - sum((d / f).stat().st_size for f in ("frame_embeds.synthetic.npy",
+                                                                   "frame_mask.synthetic.npy", "index.json"))
+    row = {"engine": name, "kind": section.get("kind") or section.get("index_type") or "scan",
+           "params": section.get("params", {}), "build_s": build_s, "engine_bytes": files,
+           "rss_build_growth_bytes": max(0, rss_build - rss0), "rss_search_growth_bytes": max(0, rss_search - rss0),
+           "batch1": _percentiles(one), "batch32": _percentiles(batches),
+           "recall@10": float(np.mean([_overlap(h.rows, t.rows, 10) for h, t in zip(hits10, truth)])),
+           "recall@100": float(np.mean([_overlap(h.rows, t.rows, 100) for h, t in zip(hits100, truth)])),
+           "identical_top10": float(np.mean([np.array_equal(h.rows, t.rows[:10]) for h, t in zip(hits10, truth)])),
+           "rescored_per_query_k10": float(np.mean([h.stats.rescored for h in hits10])),
+           "rescored_p95_k10": float(np.percentile([h.stats.rescored for h in hits10], 95)),
+           "rescored_per_query_k100": float(np.mean([h.stats.rescored for h in hits100])),
+           "stop_rule_met_k10": float(np.mean([h.stats.stop_rule_met for h in hits10])),
+           "fallback_k10": int(sum(h.stats.fallback for h in hits10)),
+           "grouped_frames": section.get("grouped_frames", 0), "n_frames_in_engine": section.get("n_frames")}
+    if engine == "milvus":
+        from .milvus_engine import close_all
+
+        close_all()
+    if name != "scan":
+        shutil.rmtree(d, ignore_errors=True)
+    return row
+
+
+def searcher_time(searcher, text, k):
+    t = time.perf_counter()
+    hits = searcher.search(text, k)
+    return (time.perf_counter() - t) * 1000.0, hits
+
+
+def run_bench(sizes, engines, out, work, *, frames=12, dim=512, queries=200, lat1=50, lat32=4, seed=0,
+              keep=False, progress=True) -> dict[str, Any]:
+    from ..index import open_index
+
+    work, out = Path(work), Path(out)
+    results: dict[str, Any] = {"uptime_start": _uptime(), "sizes": list(sizes), "engines": list(engines),
+                               "frames": frames, "dim": dim, "queries": queries, "seed": seed, "runs": []}
+    for n in sizes:
+        spec = SyntheticSpec(n_videos=n, frames=frames, dim=dim, seed=seed)
+        base = work / f"n{n}"
+        t0 = time.perf_counter()
+        if not (base / "index.json").is_file():
+            shutil.rmtree(base, ignore_errors=True)
+            write_synthetic_index(base, spec, progress=progress)
+        gen_s = time.perf_counter() - t0
+        text, _ = synthetic_queries(spec, queries)
+        t0 = time.perf_counter()
+        truth = Searcher(open_index(base)).search(text, 100)
+        truth_s = time.perf_counter() - t0
+        run = {"n_videos": n, "spec": spec.__dict__ | {"similarity": dict(spec.similarity)}, "generate_s": gen_s,
+               "arrays_bytes": _dir_bytes(base) - (base / "index.json").stat().st_size,
+               "ground_truth_s": truth_s, "uptime": _uptime(), "engines": []}
+        for name in engines:
+            # the scan is slow per query: fewer latency samples (its spread is small)
+            l1, l32 = (min(lat1, max(5, 500_000 // n)), min(lat32, 2)) if name == "scan" else (lat1, lat32)
+            click.echo(f"N={n}: {name} ...", err=True)
+            row = bench_engine(name, base, text, truth, lat1=l1, lat32=l32, progress=progress)
+            run["engines"].append(row)
+            click.echo(f"N={n}: {name}: build {row['build_s']:.1f} s, p50 {row['batch1']['p50_ms']:.1f} ms, "
+                       f"recall@10 {row['recall@10']:.4f}, re-scored {row['rescored_per_query_k10']:.1f}", err=True)
+        results["runs"].append(run)
+        if not keep:
+            shutil.rmtree(base, ignore_errors=True)
+        _write(results, out)
+    results["uptime_end"] = _uptime()
+    _write(results, out)
+    return results
+
+
+def _fmt_bytes(b: float) -> str:
+    return f"{b / 2**20:,.0f} MiB" if b < 2**30 else f"{b / 2**30:.2f} GiB"
+
+
+def markdown(results: dict) -> str:
+    env = results.get("environment") or environment()
+    lines = ["# Search benchmark (`ts2net bench-search`)", "",
+             f"Synthetic collections (docs/search.md \"Benchmark data\"): {results['frames']} frames x {results['dim']} "
+             f"dims per video, float16 arrays, `official` frame mask, {results['queries']} queries, seed "
+             f"{results['seed']}. Ground truth: the scan's top-100. Latency: ms per call (batch 1 = one query, "
+             "k=10; batch 32 = 32 queries, k=10). Re-scores: distinct videos scored exactly per query (k=10).", "",
+             f"Machine load at start: `{results['uptime_start']}`; at end: `{results.get('uptime_end', 'n/a')}` "
+             "(shared with other sessions: latencies are pessimistic and noisy).", "",
+             "| N | engine | kind | build s | engine files | RSS growth | b1 p50 | b1 p95 | b32 p50 | b32 p95 | "
+             "recall@10 | recall@100 | identical top-10 | re-scores/query | stop rule met | speed-up b1 p50 vs scan |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for run in results["runs"]:
+        scan = next((e for e in run["engines"] if e["engine"] == "scan"), None)
+        for e in run["engines"]:
+            speed = f"{scan['batch1']['p50_ms'] / e['batch1']['p50_ms']:.1f}x" if scan else "n/a"
+            lines.append(
+                f"| {run['n_videos']:,} | {e['engine']} | {e['kind']} | {e['build_s']:.1f} | {_fmt_bytes(e['engine_bytes'])} "
+                f"| {_fmt_bytes(e['rss_search_growth_bytes'])} | {e['batch1']['p50_ms']:.1f} | {e['batch1']['p95_ms']:.1f} "
+                f"| {e['batch32']['p50_ms']:.1f} | {e['batch32']['p95_ms']:.1f} | {e['recall@10']:.4f} | "
+                f"{e['recall@100']:.4f} | {100 * e['identical_top10']:.1f}% | {e['rescored_per_query_k10']:.1f} "
+                f"(p95 {e['rescored_p95_k10']:.0f}) | {100 * e['stop_rule_met_k10']:.1f}% | {speed} |")
+    lines += ["", "Per size: " + "; ".join(
+        f"N={r['n_videos']:,}: arrays {_fmt_bytes(r['arrays_bytes'])}, generated in {r['generate_s']:.0f} s, "
+        f"ground truth {r['ground_truth_s']:.1f} s, load `{r['uptime'].split('load average:')[-1].strip()}`"
+        for r in results["runs"]), "", "Engine parameters: " + "; ".join(
+        f"{e['engine']} @ N={r['n_videos']:,}: `{json.dumps(e['params'])}`"
+        for r in results["runs"] for e in r["engines"] if e["params"]), "", environment_markdown(env)]
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    names = results["engines"]
+    for name in names:
+        rows = [(r["n_videos"], e) for r in results["runs"] for e in r["engines"] if e["engine"] == name]
+        if not rows:
+            continue
+        n = [x for x, _ in rows]
+        axes[0].plot(n, [e["batch1"]["p50_ms"] for _, e in rows], "o-", label=name)
+        axes[1].plot(n, [e["batch32"]["p50_ms"] / 32 for _, e in rows], "o-", label=name)
+        axes[2].plot(n, [e["recall@10"] for _, e in rows], "o-", label=f"{name} @10")
+        axes[2].plot(n, [e["recall@100"] for _, e in rows], "x--", label=f"{name} @100")
+    for ax, title in zip(axes, ("p50 latency, batch 1 (ms)", "p50 latency per query, batch 32 (ms)",
+                                "recall vs scan")):
+        ax.set_xscale("log")
+        ax.set_xlabel("videos (N)")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0].set_yscale("log")
+    axes[1].set_yscale("log")
+    axes[2].set_ylim(min(0.9, axes[2].get_ylim()[0]), 1.005)
+    fig.suptitle("ts2net bench-search (synthetic, 12 frames x 512 dims; machine shared, see report)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _write(results: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    data = dict(results)
+    data["environment"] = environment()
+    write_report(out, "bench-search", data, markdown(data))
+    plot(data, out / "bench-search.png")
+
+
+@click.command("bench-search")
+@click.option("--sizes", default="10000,100000", show_default=True, help="Collection sizes N (comma-separated).")
+@click.option("--engines", default="scan,faiss-exact,faiss,milvus", show_default=True,
+              help=f"Engines to measure, from: {', '.join(ENGINE_SPECS)}.")
+@click.option("--out", default="reports/search", show_default=True, type=click.Path(file_okay=False))
+@click.option("--work", default="data/bench-search", show_default=True, type=click.Path(file_okay=False),
+              help="Scratch folder for the synthetic collections (N=100k: 1.2 GB).")
+@click.option("--frames", default=12, show_default=True, type=click.IntRange(1, 256))
+@click.option("--dim", default=512, show_default=True, type=click.IntRange(1))
+@click.option("--queries", default=200, show_default=True, type=click.IntRange(1))
+@click.option("--latency-queries", "lat1", default=50, show_default=True, type=click.IntRange(1),
+              help="Single-query latency samples (the scan takes fewer at large N).")
+@click.option("--latency-batches", "lat32", default=4, show_default=True, type=click.IntRange(1),
+              help="Batch-32 latency samples.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--keep", is_flag=True, help="Keep the synthetic collections in --work.")
+@click.option("--no-progress", is_flag=True)
+def bench_search_command(sizes, engines, out, work, frames, dim, queries, lat1, lat32, seed, keep, no_progress):
+    """Search engines on seeded synthetic collections: build, memory, latency, recall vs scan."""
+    from .engines import EngineUnavailable
+
+    names = [e.strip() for e in engines.split(",") if e.strip()]
+    bad = [e for e in names if e not in ENGINE_SPECS]
+    if bad:
+        raise click.ClickException(f"--engines: unknown {', '.join(bad)}; choose from {', '.join(ENGINE_SPECS)}")
+    try:
+        n = [int(x) for x in sizes.split(",") if x.strip()]
+    except ValueError:
+        raise click.ClickException(f"--sizes must be comma-separated integers, got {sizes!r}") from None
+    try:
+        run_bench(n, names, out, work, frames=frames, dim=dim, queries=queries, lat1=lat1, lat32=lat32, seed=seed,
+                  keep=keep, progress=not no_progress)
+    except EngineUnavailable as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"wrote {Path(out) / 'bench-search.md'}, .json and .png")
