@@ -23,14 +23,14 @@ DATA        ?= data/synth
 DEMO_BUNDLE ?= bundles/demo
 DEMO_REPORTS ?= reports/demo
 
-.PHONY: setup test export engine bench data train-demo demo clean
+.PHONY: setup test export engine bench bench-search data train-demo demo clean
 .PRECIOUS: runs/%/model.safetensors
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
-	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e ".[export,dev]"
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e ".[export,dev,search]"
 	@mkdir -p $(dir $(STAMP)) && touch $(STAMP)
 
 test: setup
@@ -45,6 +45,12 @@ export: setup
 engine: setup
 	$(TS2NET) engine --bundle $(OUT) $(foreach b,$(BATCH),--batch $(b)) \
 		$(if $(WORKSPACE),--workspace $(WORKSPACE)) $(if $(TIMING_CACHE),--timing-cache $(TIMING_CACHE))
+
+# make bench-search [SIZES=10000,100000] [ENGINES=scan,faiss-exact,faiss,milvus]: search engines on synthetic data
+SIZES   ?= 10000,100000
+ENGINES ?= scan,faiss-exact,faiss,milvus
+bench-search: setup
+	$(TS2NET) bench-search --sizes $(SIZES) --engines $(ENGINES) --out reports/search
 
 bench: setup
 	@test -f $(OUT)/manifest.json || $(MAKE) export OUT=$(OUT)

@@ -314,6 +314,7 @@ def index_command(bundle_dir, videos_dir, out, backend, precision, dtype, skip_b
     from .search import sync_engine
 
     name = engine or meta["engine"]["name"]
+    exact = exact or (engine is None and bool(meta["engine"].get("exact")) and name != "scan")  # keep what was built
     options = {k: v for k, v in (("faiss_kind", faiss_kind), ("milvus_uri", milvus_uri),
                                  ("milvus_collection", milvus_collection)) if v is not None}
     section = _click_errors(lambda: sync_engine(open_index(out), name, exact=exact, progress=not no_progress,

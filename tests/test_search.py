@@ -381,3 +381,41 @@ def test_scan_engine_is_recorded_and_is_the_default(tmp_path):
                        "replaced": "faiss"}
     hits = search_equals_scan(open_index(tmp_path / "ix"), fe, fm, text)
     assert all(h.stats.rescored == 12 for h in hits)
+
+
+# ------------------------------------------------------------------------------ the command line
+
+def test_cli_index_with_engine_then_search_equals_scan(tmp_path, tmp_path_factory):
+    from click.testing import CliRunner
+
+    from runtime.cli import main
+    from test_eval import caption, shared_bundle, shared_videos
+
+    bundle, videos = shared_bundle(tmp_path_factory), shared_videos(tmp_path_factory)
+    out = tmp_path / "index"
+    runner = CliRunner()
+    args = ["index", "--bundle", str(bundle), "--videos", str(videos), "--out", str(out), "--cache",
+            str(tmp_path / "cache"), "--no-progress"]
+    result = runner.invoke(main, args + ["--engine", "faiss", "--exact"])
+    assert result.exit_code == 0, result.output
+    assert "engine faiss (flat, exact)" in result.output
+    meta = json.loads((out / "index.json").read_text())
+    assert meta["engine"]["name"] == "faiss" and meta["engine"]["exact"] is True
+    queries = [caption(1), caption(4), "a dark screen"]
+    hits = json.loads(runner.invoke(main, ["search", str(out), *queries, "-k", "4", "--json"]).output)
+    scan = json.loads(runner.invoke(main, ["search", str(out), *queries, "-k", "4", "--json", "--engine", "scan"]).output)
+    for h, s in zip(hits, scan):
+        assert h["engine"] == "faiss" and s["engine"] == "scan" and h["stop_rule_met"]
+        assert [r["video_id"] for r in h["results"]] == [r["video_id"] for r in s["results"]]
+        np.testing.assert_allclose([r["score"] for r in h["results"]], [r["score"] for r in s["results"]], atol=1e-4)
+    text = runner.invoke(main, ["search", str(out), queries[0], "-k", "2"]).output
+    assert "[faiss:" in text.splitlines()[0] and "stop rule met" in text
+    # re-running without --engine keeps the recorded engine; a new file is appended, not rebuilt
+    result = runner.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "index.json").read_text())["engine"]["last_sync"]["fresh"] is False
+    # an unreachable Milvus server: one clear line, the index stays usable
+    result = runner.invoke(main, args + ["--engine", "milvus", "--milvus-uri", "http://127.0.0.1:9"],
+                           env={"TS2NET_MILVUS_TIMEOUT": "1"})
+    assert result.exit_code != 0 and "cannot reach Milvus at http://127.0.0.1:9" in result.output
+    assert "Traceback" not in result.output

@@ -98,9 +98,22 @@ def bench_engine(name: str, base: Path, text: np.ndarray, truth: list, *, lat1: 
                  progress: bool) -> dict[str, Any]:
     from ..index import open_index
 
-    engine, options = ENGINE_SPECS[name]
     d = _engine_dir(base, name)
+    row = bench_engine_on(name, d, text, truth, lat1=lat1, lat32=lat32, progress=progress)
+    row.pop("hits10")
+    if name != "scan":
+        shutil.rmtree(d, ignore_errors=True)
+    return row
+
+
+def bench_engine_on(name: str, d: Path, text: np.ndarray, truth: list, *, lat1: int, lat32: int = 4,
+                    progress: bool = True) -> dict[str, Any]:
+    """Build engine ``name`` in the index directory ``d`` and measure it (see the module docstring)."""
+    from ..index import open_index
+
+    engine, options = ENGINE_SPECS[name]
     index = open_index(d)
+    arrays = {index.meta["arrays"]["frame_embeds"], index.meta["arrays"]["frame_mask"], "index.json"}
     rss0 = _rss_tree()
     t0 = time.perf_counter()
     section = sync_engine(index, engine, progress=progress, **options)
@@ -119,8 +132,7 @@ def bench_engine(name: str, base: Path, text: np.ndarray, truth: list, *, lat1: 
     hits10.extend(h for r in rest for h in r)
     hits100 = [h for a in range(0, len(text), 32) for h in searcher.search(text[a:a + 32], 100)]
     searcher.close()
-    files = _dir_bytes(d) - sum((d / f).stat().st_size for f in ("frame_embeds.synthetic.npy",
-                                                                   "frame_mask.synthetic.npy", "index.json"))
+    files = _dir_bytes(d) - sum((d / f).stat().st_size for f in arrays)
     row = {"engine": name, "kind": section.get("kind") or section.get("index_type") or "scan",
            "params": section.get("params", {}), "build_s": build_s, "engine_bytes": files,
            "rss_build_growth_bytes": max(0, rss_build - rss0), "rss_search_growth_bytes": max(0, rss_search - rss0),
@@ -133,13 +145,12 @@ def bench_engine(name: str, base: Path, text: np.ndarray, truth: list, *, lat1: 
            "rescored_per_query_k100": float(np.mean([h.stats.rescored for h in hits100])),
            "stop_rule_met_k10": float(np.mean([h.stats.stop_rule_met for h in hits10])),
            "fallback_k10": int(sum(h.stats.fallback for h in hits10)),
-           "grouped_frames": section.get("grouped_frames", 0), "n_frames_in_engine": section.get("n_frames")}
+           "grouped_frames": section.get("grouped_frames", 0), "n_frames_in_engine": section.get("n_frames"),
+           "hits10": hits10}
     if engine == "milvus":
         from .milvus_engine import close_all
 
         close_all()
-    if name != "scan":
-        shutil.rmtree(d, ignore_errors=True)
     return row
 
 
@@ -186,6 +197,72 @@ def run_bench(sizes, engines, out, work, *, frames=12, dim=512, queries=200, lat
     results["uptime_end"] = _uptime()
     _write(results, out)
     return results
+
+
+def run_real(index_dir, annotations, engines, out, *, lat1=50, progress=True) -> dict[str, Any]:
+    """Agreement of each engine with the scan on a real index: every caption of ``annotations``
+    encoded with the index's bundle, top-10 compared (same videos in the same order)."""
+    from ..bundle import open_bundle
+    from ..datasets import read_annotations
+    from ..encoder import BundleEncoder
+    from ..index import open_index
+
+    index_dir, out = Path(index_dir), Path(out)
+    index = open_index(index_dir)
+    captions, _ = read_annotations(annotations)
+    bundle = open_bundle(index.meta["bundle"]["path"])
+    t0 = time.perf_counter()
+    with BundleEncoder(bundle, precision=index.meta["precision"]) as enc:
+        text = np.asarray(enc.encode_texts([c.text for c in captions], progress=progress), np.float32)
+    encode_s = time.perf_counter() - t0
+    truth = [h for a in range(0, len(text), 256) for h in Searcher(index, "scan").search(text[a:a + 256], 100)]
+    work = out / "real-work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    for f in (index_dir / index.meta["arrays"]["frame_embeds"], index_dir / index.meta["arrays"]["frame_mask"]):
+        os.link(f, work / f.name)
+    meta = dict(index.meta)
+    meta["engine"] = {"name": "scan"}
+    results: dict[str, Any] = {"uptime_start": _uptime(), "index": str(index_dir), "annotations": str(annotations),
+                               "n_videos": len(index), "n_captions": len(captions), "encode_s": encode_s,
+                               "bundle": index.meta["bundle"], "similarity": index.similarity_args, "engines": []}
+    for name in engines:
+        (work / "index.json").write_text(json.dumps(meta))
+        base_meta_files = {p.name for p in work.iterdir()}
+        row = bench_engine_on(name, work, text, truth, lat1=lat1, progress=progress)
+        disagree = [i for i, (h, t) in enumerate(zip(row.pop("hits10"), truth)) if not np.array_equal(h.rows, t.rows[:10])]
+        row["disagreeing_captions"] = [{"caption": captions[i].text, "video_id": captions[i].video_id} for i in disagree[:20]]
+        row["n_disagreeing"] = len(disagree)
+        results["engines"].append(row)
+        for p in list(work.iterdir()):
+            if p.name not in base_meta_files:
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+        click.echo(f"real: {name}: identical top-10 {100 * row['identical_top10']:.1f}% "
+                   f"({row['n_disagreeing']} captions differ), recall@10 {row['recall@10']:.4f}", err=True)
+    results["uptime_end"] = _uptime()
+    shutil.rmtree(work, ignore_errors=True)
+    results["environment"] = environment()
+    write_report(out, "real-agreement", results, real_markdown(results))
+    return results
+
+
+def real_markdown(r: dict) -> str:
+    lines = ["# Search engines vs scan on real embeddings", "",
+             f"Index `{r['index']}` ({r['n_videos']} videos, bundle {r['bundle']['id']}), captions `{r['annotations']}` "
+             f"({r['n_captions']}). Top-10 per caption compared with the scan's (identical = same videos, same order).",
+             "", f"Load at start `{r['uptime_start']}`, at end `{r['uptime_end']}` (machine shared).", "",
+             "| engine | kind | identical top-10 | captions differing | recall@10 | recall@100 | re-scores/query | "
+             "stop rule met | b1 p50 ms | build s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for e in r["engines"]:
+        lines.append(f"| {e['engine']} | {e['kind']} | {100 * e['identical_top10']:.1f}% | {e['n_disagreeing']} | "
+                     f"{e['recall@10']:.4f} | {e['recall@100']:.4f} | {e['rescored_per_query_k10']:.1f} | "
+                     f"{100 * e['stop_rule_met_k10']:.1f}% | {e['batch1']['p50_ms']:.1f} | {e['build_s']:.1f} |")
+    for e in r["engines"]:
+        if e["disagreeing_captions"]:
+            lines += ["", f"{e['engine']}: first differing captions: " + "; ".join(
+                f"{c['caption']!r} ({c['video_id']})" for c in e["disagreeing_captions"][:5])]
+    lines += ["", environment_markdown(r["environment"])]
+    return "\n".join(lines)
 
 
 def _fmt_bytes(b: float) -> str:
@@ -281,7 +358,13 @@ def _write(results: dict, out: Path) -> None:
 @click.option("--seed", default=0, show_default=True)
 @click.option("--keep", is_flag=True, help="Keep the synthetic collections in --work.")
 @click.option("--no-progress", is_flag=True)
-def bench_search_command(sizes, engines, out, work, frames, dim, queries, lat1, lat32, seed, keep, no_progress):
+@click.option("--real-index", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Instead of synthetic data: an index from `ts2net index`, searched with every caption of "
+                   "--captions (top-10 agreement with the scan; writes real-agreement.json/.md).")
+@click.option("--captions", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="With --real-index: a 1k-A CSV or caption JSONL (runtime.datasets formats).")
+def bench_search_command(sizes, engines, out, work, frames, dim, queries, lat1, lat32, seed, keep, no_progress,
+                         real_index, captions):
     """Search engines on seeded synthetic collections: build, memory, latency, recall vs scan."""
     from .engines import EngineUnavailable
 
@@ -293,6 +376,15 @@ def bench_search_command(sizes, engines, out, work, frames, dim, queries, lat1, 
         n = [int(x) for x in sizes.split(",") if x.strip()]
     except ValueError:
         raise click.ClickException(f"--sizes must be comma-separated integers, got {sizes!r}") from None
+    if real_index or captions:
+        if not (real_index and captions):
+            raise click.ClickException("--real-index and --captions go together")
+        try:
+            run_real(real_index, captions, names, out, lat1=lat1, progress=not no_progress)
+        except (EngineUnavailable, ValueError) as exc:
+            raise click.ClickException(str(exc)) from exc
+        click.echo(f"wrote {Path(out) / 'real-agreement.md'} and .json")
+        return
     try:
         run_bench(n, names, out, work, frames=frames, dim=dim, queries=queries, lat1=lat1, lat32=lat32, seed=seed,
                   keep=keep, progress=not no_progress)
