@@ -177,9 +177,11 @@ class FaissEngine(FrameEngine):
                                                "max_depth": 1 << 14},
                     "cos_tolerance": FLOAT32_COS_TOLERANCE}
         if kind == "ivf":
-            nlist = int(max(64, min(65536, 4 * np.sqrt(max(n_frames, 1)))))
+            nlist = int(max(64, min(65536, 2 * np.sqrt(max(n_frames, 1)))))
             return {"kind": "ivf", "params": {"factory": f"IVF{nlist},SQfp16 (own ids)", "nlist": nlist,
-                                              "nprobe": max(16, nlist // 64), "train_size": min(n_frames, 64 * nlist),
+                                              "nprobe": max(16, nlist // 64),
+                                              "nprobe_at_depth": "max(nprobe, 2 * depth * nlist / ntotal)",
+                                              "train_size": min(n_frames, 32 * nlist), "kmeans_iterations": 10,
                                               "max_depth": 1 << 14},
                     "cos_tolerance": FLOAT16_COS_TOLERANCE}
         raise ValueError(f"faiss index kind must be auto, flat, hnsw or ivf, got {kind!r}")
@@ -199,6 +201,8 @@ class FaissEngine(FrameEngine):
                                               faiss.METRIC_INNER_PRODUCT)
         inner.own_fields = True
         quantizer.this.disown()
+        inner.cp.niter = int(p.get("kmeans_iterations", 10))
+        inner.cp.max_points_per_centroid = max(1, len(train) // p["nlist"] + 1)
         inner.train(train)
         return inner      # IVF stores ids itself (an IDMap over it would renumber wrongly on remove_ids)
 
@@ -237,8 +241,9 @@ class FaissEngine(FrameEngine):
             train = None
             if choice["kind"] == "ivf":
                 rng = np.random.default_rng(0)
-                sample = np.sort(rng.choice(len(live.keys), size=min(len(live.keys),
-                                            choice["params"]["train_size"] // 4 + 1), replace=False))
+                per_video = max(1.0, n_live_frames / max(len(live.keys), 1))
+                sample = np.sort(rng.choice(len(live.keys), size=min(len(live.keys), int(
+                    choice["params"]["train_size"] / per_video) + 1), replace=False))
                 train = np.concatenate([v for v, _, _ in iter_frame_vectors(
                     index.frame_embeds, weighted, live.rep_row[sample], live.keys[sample])])
             idx = cls._new_index(choice, dim, train)
@@ -308,8 +313,10 @@ class FaissEngine(FrameEngine):
         p = self.section["params"]
         if self.kind == "hnsw":
             params = faiss.SearchParametersHNSW(efSearch=max(int(p["efSearch_min"]), 2 * depth))
-        elif self.kind == "ivf":
-            params = faiss.SearchParametersIVF(nprobe=int(p["nprobe"]))
+        elif self.kind == "ivf":   # probe enough lists to hold the depth asked for (deepening widens the probe)
+            nlist = int(p["nlist"])
+            want = int(np.ceil(2 * depth * nlist / max(self.index.ntotal, 1)))
+            params = faiss.SearchParametersIVF(nprobe=min(nlist, max(int(p["nprobe"]), want)))
         cos, labels = self.index.search(np.ascontiguousarray(unit_queries, np.float32), depth, params=params)
         return cos, labels
 

@@ -19,6 +19,7 @@ many processes searching at once point ``--milvus-uri`` at a Milvus server).
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import time
 from datetime import datetime, timezone
@@ -161,7 +162,15 @@ class MilvusEngine(FrameEngine):
                     raise EngineUnavailable(f"{uri}: collection {collection} exists and is not this index's; "
                                             "choose another --milvus-collection or drop it")
             schema, index_params = _schema_and_index(client, dim, exact, params)
-            client.create_collection(collection, schema=schema, index_params=index_params)
+            # Milvus Lite lacks the AllocTimestamp RPC that pymilvus' wait-for-index calls; the call is
+            # retried without it, but Lite's in-process gRPC server logs a traceback: keep it quiet
+            grpc_log = logging.getLogger("grpc._server")
+            level = grpc_log.level
+            grpc_log.setLevel(logging.CRITICAL)
+            try:
+                client.create_collection(collection, schema=schema, index_params=index_params)
+            finally:
+                grpc_log.setLevel(level)
             committed, groups = np.zeros(0, np.int64), FrameGroups()
         add, remove = _diff(committed, live)
         # half-written keys of an interrupted run: delete the unwanted, upsert the wanted
