@@ -1,6 +1,6 @@
 # ts2net-deploy: the user's entry points. Every target installs what it needs (make setup).
 PYTHON ?= python3
-TS2NET  = $(PYTHON) -m runtime.cli
+TS2NET  = $(PYTHON) -m cli.main
 STAMP   = .cache/setup.stamp
 
 # make export [CKPT=path] [CLIP=path] [BPE=path] [OUT=bundles/default] [MAX_FRAMES=] [MAX_WORDS=] [FRAME_MASK=]
@@ -53,7 +53,7 @@ bench: setup
 # The whole product on the embedded default model: benchmark test split (generated if absent),
 # export + validation, runtime parity (FP32 and FP16 graphs), evaluation, latency, one summary.
 demo: setup
-	$(PYTHON) -m ts2net.synthbench --out $(DATA) --splits test --test 1000
+	$(PYTHON) -m synthbench --out $(DATA) --splits test --test 1000
 	$(TS2NET) export --out $(DEMO_BUNDLE)
 	$(TS2NET) parity --bundle $(DEMO_BUNDLE) --backend ort-cpu --precision fp32 --out $(DEMO_REPORTS)/parity-fp32
 	$(TS2NET) parity --bundle $(DEMO_BUNDLE) --backend ort-cpu --precision fp16 --out $(DEMO_REPORTS)/parity-fp16
@@ -79,7 +79,7 @@ ABLATION_NAME_selection = +selection
 VARIANTS = full baseline shift selection
 
 runs/%/model.safetensors:
-	$(PYTHON) -m ts2net.train $(TRAIN_ARGS) --out runs/$* $(SET_$*)
+	$(PYTHON) -m ts2net.training.loop $(TRAIN_ARGS) --out runs/$* $(SET_$*)
 
 reports/ablations/%/done: runs/%/model.safetensors
 	$(TS2NET) export --checkpoint runs/$* --out bundles/ablation-$*
@@ -94,7 +94,7 @@ train-demo: data $(foreach v,$(VARIANTS),reports/ablations/$(v)/done)
 
 # Benchmark data: test split (1k-A style) + train/val splits for training the demo model.
 data: setup
-	$(PYTHON) -m ts2net.synthbench --out $(DATA) --train 3000 --val 200 --test 1000
+	$(PYTHON) -m synthbench --out $(DATA) --train 3000 --val 200 --test 1000
 
 clean:
 	rm -rf bundles .cache .pytest_cache

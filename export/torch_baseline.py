@@ -1,6 +1,6 @@
 """The PyTorch eager baseline of a bundle's model, for `ts2net bench` (imports torch, so it lives here).
 
-`runtime.bench` loads this module only when torch is importable; the runtime itself never
+`runtime.benchmark.run` loads this module only when torch is importable; the runtime itself never
 imports torch. A baseline is only a baseline of *this* bundle if it is the same model, so the
 model is checked against the bundle's reference outputs (FP32 parity row) before it is timed:
 a wrong --torch-checkpoint is refused instead of producing a meaningless speed ratio.
@@ -30,7 +30,7 @@ def _model_for(bundle, checkpoint: str | Path | None) -> tuple[ts2net.TS2Net, st
     if checkpoint is not None:
         overrides = {k: manifest_model[k] for k in _OVERRIDABLE if k in manifest_model}
         return ts2net.load_model(checkpoint, **overrides), f"checkpoint {checkpoint}"
-    from .bundle import default_model
+    from .exporter import default_model
 
     source = bundle.manifest.get("source_checkpoint") or {}
     model, default_source, _ = default_model()

@@ -25,7 +25,7 @@ from runtime.backends import (
 from runtime.bundle import BundleError, open_bundle, sha256_file
 from runtime.encoder import BundleEncoder
 from runtime.parity import compare_outputs
-from runtime.parity_cli import parity_command
+from runtime.parity_check import parity_command
 from runtime.video import VideoDecodeError, load_video
 from test_runtime_bundle import bundle_dir  # noqa: F401  (session fixture: one export per session)
 

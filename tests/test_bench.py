@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from runtime.bench import bench_command, model_flops, ratios
+from runtime.benchmark.run import bench_command, model_flops, ratios
 from test_runtime_bundle import bundle_dir  # noqa: F401  (session fixture: one export per session)
 
 TINY = {"image_size": 32, "patch_size": 8, "vision_width": 64, "vision_layers": 3, "text_width": 64,

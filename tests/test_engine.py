@@ -14,9 +14,9 @@ import pytest
 from click.testing import CliRunner
 
 import export.engine as engine
-from export.bundle import export_bundle
+from export.exporter import export_bundle
 from export.engine import BatchProfile, EngineBuildError, parse_batch_profiles
-from runtime.cli import main as cli
+from cli.main import main as cli
 
 
 @pytest.fixture(scope="module")

@@ -52,7 +52,7 @@ def write_clip(path: Path, colour, seconds: float, fps: int = 10, w: int = 64, h
 
 def shared_bundle(tmp_path_factory) -> Path:
     if "bundle" not in _SHARED:
-        from export.bundle import export_bundle
+        from export.exporter import export_bundle
 
         out = tmp_path_factory.mktemp("bundle")
         export_bundle(out, progress=False)
@@ -82,7 +82,7 @@ def write_1ka_csv(path: Path, n: int = 6) -> Path:
 
 
 def independent_similarity(bundle_dir: Path, texts, video_paths):
-    """Similarity computed without runtime.eval / runtime.embedding_cache."""
+    """Similarity computed without runtime.evaluation.evaluate / runtime.embedding_cache."""
     from runtime.bundle import open_bundle
     from runtime.encoder import BundleEncoder
 
@@ -210,7 +210,7 @@ def test_annotation_errors_name_file_line_and_column(dataset):
 # --------------------------------------------------------------------------------------------
 
 def test_eval_end_to_end_matches_independent_metrics(bundle_dir, dataset, tmp_path):
-    from runtime.eval import evaluate
+    from runtime.evaluation.evaluate import evaluate
 
     root, csv_path, videos = dataset
     (root / "subsets.json").write_text(json.dumps({
@@ -255,7 +255,7 @@ def test_eval_end_to_end_matches_independent_metrics(bundle_dir, dataset, tmp_pa
 
 
 def test_eval_multi_caption_jsonl(bundle_dir, dataset, tmp_path):
-    from runtime.eval import evaluate
+    from runtime.evaluation.evaluate import evaluate
 
     root, _, videos = dataset
     rows = [("video0", "red one"), ("video2", "blue one"), ("video0", "red two"), ("video5", "black one"),
@@ -277,7 +277,7 @@ def test_eval_multi_caption_jsonl(bundle_dir, dataset, tmp_path):
 
 
 def test_cache_second_run_encodes_nothing_and_changed_video_is_reencoded(bundle_dir, dataset, tmp_path, monkeypatch):
-    from runtime.eval import evaluate
+    from runtime.evaluation.evaluate import evaluate
 
     _, csv_path, videos = dataset
     spy = EncoderSpy(monkeypatch)
@@ -310,8 +310,8 @@ def test_cache_second_run_encodes_nothing_and_changed_video_is_reencoded(bundle_
 
 
 def test_corrupt_video_stops_by_default_and_is_listed_with_skip_bad(bundle_dir, dataset, tmp_path):
-    from runtime.cli import main
-    from runtime.eval import evaluate
+    from cli.main import main
+    from runtime.evaluation.evaluate import evaluate
 
     root, csv_path, videos = dataset
     good = (videos / "video5.mp4").read_bytes()
@@ -347,7 +347,7 @@ def test_corrupt_video_stops_by_default_and_is_listed_with_skip_bad(bundle_dir, 
 
 
 def test_eval_cli_prints_metrics_and_writes_reports(bundle_dir, dataset, tmp_path):
-    from runtime.cli import main
+    from cli.main import main
 
     _, csv_path, videos = dataset
     out = tmp_path / "out"

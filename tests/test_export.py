@@ -10,12 +10,12 @@ import torch
 from click.testing import CliRunner
 from onnx import TensorProto, helper
 
-import export.bundle as bundle_mod
+import export.exporter as bundle_mod
 from export import manifest as mf
-from export.bundle import ExportValidationError, export_bundle
+from export.exporter import ExportValidationError, export_bundle
 from export.checker import GraphCheckError, assert_trt_compatible, check_graph
 from factories import TINY12, official_state_dict, random_model
-from runtime.cli import main as cli
+from cli.main import main as cli
 from ts2net import TS2NetConfig
 
 
@@ -192,7 +192,7 @@ def test_large_graphs_use_external_data(tmp_path, monkeypatch, tiny_bundle):
 
 
 def test_default_model_is_the_shipped_demo_unless_overridden(monkeypatch, tmp_path):
-    from export.bundle import DEFAULT_MODEL_DIR, default_model
+    from export.exporter import DEFAULT_MODEL_DIR, default_model
 
     monkeypatch.delenv("TS2NET_DEFAULT_MODEL")
     model, source, tokenizer = default_model()

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from runtime.cli import main
+from cli.main import main
 from runtime.index import VideoIndexError, build_index, open_index, search_index
 from test_eval import EncoderSpy, caption, independent_similarity, shared_bundle, shared_videos, write_clip
 

@@ -20,7 +20,7 @@ def bundle_dir(tmp_path_factory) -> Path:
     """A valid tiny bundle, exported once per session (its directory is shared: do not modify it)."""
     path = tmp_path_factory.getbasetemp() / "tiny-bundle"
     if not (path / "manifest.json").is_file() or not json.loads((path / "manifest.json").read_text()).get("valid"):
-        from export.bundle import export_bundle
+        from export.exporter import export_bundle
 
         export_bundle(path, progress=False)
     return path

@@ -26,12 +26,12 @@ SCRIPT = textwrap.dedent("""
     import runtime
     for name in runtime.__all__:          # every public name, so every runtime module is imported
         getattr(runtime, name)
-    for module in ("runtime.cli", "runtime.parity_cli", "runtime.bench", "runtime.backends", "runtime.encoder",
+    for module in ("cli.main", "runtime.parity_check", "runtime.benchmark.run", "runtime.backends", "runtime.encoder",
                    "runtime.reports", "runtime.bundle"):
         importlib.import_module(module)
 
     from click.testing import CliRunner
-    from runtime.cli import main
+    from cli.main import main
 
     def run(args):
         result = CliRunner().invoke(main, args)

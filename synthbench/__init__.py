@@ -9,7 +9,7 @@ isolate each ability.  The package depends on numpy/av/pillow/tqdm/click
 only, never on torch or the rest of ``ts2net``.
 
 Entry points: :func:`generate_dataset`, :func:`load_annotations` and the CLI
-``python -m ts2net.synthbench``.
+``python -m synthbench``.
 """
 from .generate import GENERATOR_VERSION, Annotations, encode_clip, generate_dataset, load_annotations
 from .scene import GenParams, SceneSpec

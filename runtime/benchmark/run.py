@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping, Sequence
 import click
 import numpy as np
 
-from .backends import BACKENDS
+from ..backends import BACKENDS
 
 log = logging.getLogger(__name__)
 
@@ -316,8 +316,8 @@ def run_bench(bundle, backends: Sequence[str] | None = None, precisions: Sequenc
     """Measure everything; returns the report dict (see `bench_command` for the fields)."""
     from tqdm import tqdm
 
-    from .backends import available_backends, create_backend
-    from .reports import environment, usable_cores
+    from ..backends import available_backends, create_backend
+    from ..reports import environment, usable_cores
 
     threads = threads or usable_cores()
     load_at_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
@@ -417,7 +417,7 @@ def _busy_warning(settings: Mapping[str, Any]) -> list[str]:
 
 
 def render_markdown(report: dict[str, Any]) -> str:
-    from .reports import environment_markdown
+    from ..reports import environment_markdown
 
     s = report["settings"]
     lines = [f"# Benchmark: {report['bundle']['model']} (bundle {report['bundle']['id']})", "",
@@ -539,9 +539,9 @@ def _choice_list(allowed: Sequence[str]) -> Callable[[Any, Any, str], list[str]]
 def bench_command(bundle_dir, backends, precisions, batch_sizes, warmup, iters, threads, use_torch, torch_checkpoint,
                   peak_sizes, out_dir, progress):
     """Latency / throughput / GFLOP/s of a bundle's backends next to the attainable peak; JSON + Markdown + PNG."""
-    from .backends import BackendUnavailable
-    from .bundle import BundleError, open_bundle
-    from .reports import atomic_write_bytes, write_report
+    from ..backends import BackendUnavailable
+    from ..bundle import BundleError, open_bundle
+    from ..reports import atomic_write_bytes, write_report
 
     try:
         importlib.import_module("onnx")

@@ -1,4 +1,4 @@
-"""`ts2net export` and `ts2net engine` (click), thin wrappers over export.bundle / export.engine."""
+"""`ts2net export` and `ts2net engine` (click), thin wrappers over export.exporter / export.engine."""
 from __future__ import annotations
 
 import json
@@ -26,7 +26,7 @@ FRAME_MASK_CHOICE = click.Choice(["official", "fixed"])
 @click.option("--opset", type=click.IntRange(17, 20), default=17, show_default=True)
 def export_command(checkpoint, clip, bpe, out, max_frames, max_words, frame_mask_mode, opset):
     """Export a checkpoint to a validated bundle."""
-    from .bundle import ExportValidationError, export_bundle
+    from export.exporter import ExportValidationError, export_bundle
 
     try:
         result = export_bundle(out, checkpoint=checkpoint, clip=clip, bpe=bpe, opset=opset, max_frames=max_frames,
@@ -53,7 +53,7 @@ def export_command(checkpoint, clip, bpe, out, max_frames, max_words, frame_mask
 @click.option("--opt-level", "optimization_level", type=click.IntRange(0, 5), help="Builder optimization level.")
 def engine_command(bundle, batch_specs, workspace_mb, timing_cache, optimization_level):
     """Build strongly typed TensorRT engines from the bundle's FP16 graphs."""
-    from .engine import EngineBuildError, build_engines, parse_batch_profiles
+    from export.engine import EngineBuildError, build_engines, parse_batch_profiles
 
     try:
         profiles = parse_batch_profiles(batch_specs)

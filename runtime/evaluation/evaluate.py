@@ -34,10 +34,10 @@ from typing import Any, Optional, Sequence
 import click
 import numpy as np
 
-from . import datasets
-from .embedding_cache import EmbeddingCache, default_cache_dir, encode_texts_cached, encode_videos_cached
-from .frame_similarity import dsl_rescale, similarity
-from .metrics import V2T_CANDIDATES, metrics_from_ranks, ranks, v2t_ranks
+from .. import datasets
+from ..embedding_cache import EmbeddingCache, default_cache_dir, encode_texts_cached, encode_videos_cached
+from ..frame_similarity import dsl_rescale, similarity
+from ..metrics import V2T_CANDIDATES, metrics_from_ranks, ranks, v2t_ranks
 
 log = logging.getLogger(__name__)
 
@@ -193,8 +193,8 @@ def evaluate(
     Raises:
         AnnotationError, BundleError, VideoDecodeError (without ``skip_bad``), ValueError.
     """
-    from .bundle import open_bundle
-    from .encoder import BundleEncoder
+    from ..bundle import open_bundle
+    from ..encoder import BundleEncoder
 
     if v2t_candidates not in V2T_CANDIDATES:
         raise ValueError(f"v2t_candidates must be one of {V2T_CANDIDATES}, got {v2t_candidates!r}")
@@ -297,7 +297,7 @@ def evaluate(
 
 def _write(data: dict[str, Any], out_dir: Path, rank_sets, subset_results, rs, plot: bool,
            sim: Optional[np.ndarray]) -> None:
-    from .reports import environment, write_report
+    from ..reports import environment, write_report
 
     data["environment"] = environment()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -309,7 +309,7 @@ def _write(data: dict[str, Any], out_dir: Path, rank_sets, subset_results, rs, p
         _plot_recall(png, rank_sets, subset_results, rs, title=f"{ds_name} · {data['backend']} {data['precision']}")
         data["files"]["recall_png"] = png.name
     if sim is not None:
-        from .embedding_cache import atomic_save_npy
+        from ..embedding_cache import atomic_save_npy
 
         data["files"]["similarity_npy"] = atomic_save_npy(out_dir / f"{stem}-sim.npy", sim, fsync=False).name
     markdown = render_markdown(data)
@@ -448,7 +448,7 @@ def render_markdown(data: dict[str, Any]) -> str:
     if env:
         lines += ["", "## Environment", ""]
         try:
-            from .reports import environment_markdown
+            from ..reports import environment_markdown
 
             lines.append(environment_markdown(env).rstrip())
         except (ImportError, KeyError, TypeError):  # an environment dict of another shape
@@ -514,8 +514,8 @@ def summary_text(data: dict[str, Any]) -> str:
 def eval_command(bundle_dir, annotations, videos_dir, backend, precision, out_dir, cache_dir, no_cache, skip_bad,
                  batch_size, subsets_file, v2t_candidates, workers, save_sim, no_progress):
     """Text-to-video and video-to-text retrieval metrics (R@1/5/10/50, MdR, MnR, DSL) of a bundle."""
-    from .backends import BackendUnavailable
-    from .video import VideoDecodeError
+    from ..backends import BackendUnavailable
+    from ..video import VideoDecodeError
 
     try:
         data = evaluate(bundle_dir, annotations, videos_dir, backend=backend, precision=precision,

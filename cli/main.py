@@ -12,12 +12,12 @@ import click
 
 # command name -> (module, function, one-line help shown by `ts2net --help`)
 COMMANDS = {
-    "export": ("export.cli", "export_command", "Export a checkpoint to a bundle (ONNX FP32 + FP16, reference, manifest)."),
-    "engine": ("export.cli", "engine_command", "Build TensorRT engines for a bundle (needs TensorRT and a GPU)."),
-    "train": ("ts2net.train", "train_command", "Train a TS2-Net (single process or torchrun)."),
-    "parity": ("runtime.parity_cli", "parity_command", "Check a bundle's outputs against its PyTorch reference."),
-    "eval": ("runtime.eval", "eval_command", "Text-video retrieval evaluation (MSR-VTT 1k-A style)."),
-    "bench": ("runtime.bench", "bench_command", "Latency / throughput benchmark of a bundle's backends."),
+    "export": ("cli.export", "export_command", "Export a checkpoint to a bundle (ONNX FP32 + FP16, reference, manifest)."),
+    "engine": ("cli.export", "engine_command", "Build TensorRT engines for a bundle (needs TensorRT and a GPU)."),
+    "train": ("ts2net.training.loop", "train_command", "Train a TS2-Net (single process or torchrun)."),
+    "parity": ("runtime.parity_check", "parity_command", "Check a bundle's outputs against its PyTorch reference."),
+    "eval": ("runtime.evaluation.evaluate", "eval_command", "Text-video retrieval evaluation (MSR-VTT 1k-A style)."),
+    "bench": ("runtime.benchmark.run", "bench_command", "Latency / throughput benchmark of a bundle's backends."),
     "index": ("runtime.index", "index_command", "Encode a folder of videos into a search index."),
     "search": ("runtime.index", "search_command", "Search an index with a text query."),
 }

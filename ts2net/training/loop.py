@@ -1,7 +1,7 @@
 """Train (or fine-tune) TS2-Net on a synthbench / MSR-VTT-style dataset, on CPU, 1 or N processes.
 
-    python -m ts2net.train --data DATA --out RUN --preset demo --epochs 3
-    torchrun --nproc_per_node 2 -m ts2net.train --data DATA --out RUN --preset demo   # gloo DDP
+    python -m ts2net.training.loop --data DATA --out RUN --preset demo --epochs 3
+    torchrun --nproc_per_node 2 -m ts2net.training.loop --data DATA --out RUN --preset demo   # gloo DDP
 
 The objective is the official one (semantics section 8): symmetric cross-entropy over the
 logit-scaled B x B similarity of a batch, with the perturbed top-K selection of training mode.
@@ -46,9 +46,9 @@ from runtime.metrics import retrieval_metrics, v2t_metrics
 from runtime.tokenizer import ClipTokenizer, find_bpe_vocab, load_tokenizer
 from ts2net._io import atomic_write_bytes, atomic_write_text
 from ts2net.config import TS2NetConfig
-from ts2net.data import FrameCache, PairedBatchSampler, SplitVideos, TrainClips, cached_split, load_split
+from ts2net.training.frame_cache import FrameCache, PairedBatchSampler, SplitVideos, TrainClips, cached_split, load_split
 from ts2net.model import TS2Net, contrastive_loss, effective_frame_mask, frame_weighted_similarity
-from ts2net.train_tokenizer import DEFAULT_VOCAB_SIZE, train_caption_tokenizer
+from ts2net.training.tokenizer import DEFAULT_VOCAB_SIZE, train_caption_tokenizer
 
 STATE_FORMAT, STATE_VERSION = "ts2net-train-state", 1
 LOG_NAME, SUMMARY_NAME, TOKENIZER_NAME = "train_log.jsonl", "train_summary.json", "tokenizer.json"
@@ -160,7 +160,7 @@ def resolve_tokenizer(opts: TrainOptions, out: Path, main: bool) -> ClipTokenize
                                  "(or a tokenizer.json built from it)")
             tok = load_tokenizer(found)
         else:
-            from ts2net.synthbench import load_annotations
+            from synthbench import load_annotations
 
             captions = [c for _, c in load_annotations(opts.data).train]
             tok = train_caption_tokenizer(captions, DEFAULT_VOCAB_SIZE)
@@ -294,7 +294,7 @@ def param_groups(model: TS2Net, lr: float, clip_lr_scale: float, weight_decay: f
             tower = "new"
         else:
             raise ValueError(f"parameter {name!r} belongs neither to the CLIP towers nor to {NEW_MODULE_PREFIXES}; "
-                             "decide its learning rate in ts2net.train.param_groups")
+                             "decide its learning rate in ts2net.training.loop.param_groups")
         decay = param.ndim >= 2
         groups.setdefault((tower, decay), []).append((name, param))
     out = []
@@ -596,7 +596,7 @@ class _NullFile:
 # ============================================================================ CLI
 @click.command(name="train")
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False),
-              help="Benchmark directory (MSRVTT_data.json + videos/), e.g. from python -m ts2net.synthbench.")
+              help="Benchmark directory (MSRVTT_data.json + videos/), e.g. from python -m synthbench.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory (model, log, checkpoints).")
 @click.option("--preset", default=None, help="Config preset name (default: demo when neither --config nor --clip).")
 @click.option("--config", "config", default=None, type=click.Path(exists=True, dir_okay=False),
@@ -650,4 +650,4 @@ def train_command(data, out, preset, config, sets, clip, tokenizer, epochs, batc
 
 
 if __name__ == "__main__":
-    train_command(prog_name="python -m ts2net.train")
+    train_command(prog_name="python -m ts2net.training.loop")

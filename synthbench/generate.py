@@ -296,7 +296,7 @@ def generate_dataset(
     incomplete = sorted(p.split for p in plans if p.split not in complete_names)
     _write_annotations(out, complete)
     meta = {
-        "generator": "ts2net.synthbench",
+        "generator": "synthbench",
         "version": GENERATOR_VERSION,
         "seed": seed,
         "codec": codec,
