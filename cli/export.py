@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import click
 
-FRAME_MASK_CHOICE = click.Choice(["official", "fixed"])
+from cli.errors import CannotRun, CommandError
+from runtime.bundle_format import FRAME_MASK_MODES
+
+FRAME_MASK_CHOICE = click.Choice(list(FRAME_MASK_MODES))
 
 
 @click.command("export")
@@ -31,10 +33,8 @@ def export_command(checkpoint, clip, bpe, out, max_frames, max_words, frame_mask
     try:
         result = export_bundle(out, checkpoint=checkpoint, clip=clip, bpe=bpe, opset=opset, max_frames=max_frames,
                                max_words=max_words, frame_mask_mode=frame_mask_mode)
-    except ExportValidationError as exc:
-        raise click.ClickException(str(exc))
-    except (ValueError, FileNotFoundError) as exc:
-        raise click.ClickException(str(exc))
+    except (ExportValidationError, ValueError, FileNotFoundError) as exc:
+        raise CommandError(str(exc)) from exc
     for precision, parity in result.parity.items():
         fig = parity.figures
         click.echo(f"{precision}: {'PASS' if parity.passed else 'FAIL'}  text cos min "
@@ -59,7 +59,6 @@ def engine_command(bundle, batch_specs, workspace_mb, timing_cache, optimization
         profiles = parse_batch_profiles(batch_specs)
         entries = build_engines(bundle, profiles, workspace_mb, timing_cache, optimization_level)
     except (EngineBuildError, ValueError, FileNotFoundError) as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(2)
+        raise CannotRun(str(exc)) from exc
     click.echo(json.dumps({g: {k: e[k] for k in ("file", "tensorrt_version", "gpu", "profile")}
                            for g, e in entries.items()}, indent=2))

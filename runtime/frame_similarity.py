@@ -24,6 +24,8 @@ from typing import Optional
 
 import numpy as np
 
+from .bundle_format import FRAME_MASK_MODES, MASKED_FRAME_VALUE
+
 __all__ = [
     "FRAME_MASK_MODES",
     "DEFAULT_TEXT_CHUNK",
@@ -34,9 +36,6 @@ __all__ = [
     "dsl_rescale",
 ]
 
-#: Accepted values of ``frame_mask_mode``. "official" reproduces the mask quirk of the released
-#: TS2-Net code (the checkpoints were trained and evaluated with it); "fixed" uses the mask as given.
-FRAME_MASK_MODES = ("official", "fixed")
 
 #: Default block sizes of :func:`similarity`. One float32 scratch block is
 #: ``video_chunk * T * text_chunk * 4`` bytes = 12 MiB for T=12, and the loop keeps about two of
@@ -45,9 +44,9 @@ FRAME_MASK_MODES = ("official", "fixed")
 DEFAULT_TEXT_CHUNK = 1024
 DEFAULT_VIDEO_CHUNK = 256
 
-#: Value the reference writes into masked frames before the softmax (``masked_fill(-1e18)``).
-#: Any finite value far below ``-softmax_factor`` gives an exact zero weight after ``exp``.
-MASK_FILL_VALUE = -1e18
+#: Value written into masked frames before the softmax, owned by the bundle format (the manifest
+#: records it as similarity.masked_frame_value).
+MASK_FILL_VALUE = MASKED_FRAME_VALUE
 
 
 # --------------------------------------------------------------------------------------------

@@ -14,14 +14,14 @@ import pytest
 from click.testing import CliRunner
 
 import export.engine as engine
-from export.exporter import export_bundle
+import runtime.gpu
 from export.engine import BatchProfile, EngineBuildError, parse_batch_profiles
 from cli.main import main as cli
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    return export_bundle(tmp_path_factory.mktemp("engine-bundle"), progress=False).bundle
+def bundle(bundle_dir):
+    return bundle_dir
 
 
 def test_batch_profiles_parse_per_graph_and_for_both():
@@ -57,9 +57,9 @@ def test_wrong_tensorrt_version_and_missing_gpu_are_refused(bundle, monkeypatch)
     with pytest.raises(EngineBuildError, match="TensorRT 8.6.1 found"):
         engine.import_tensorrt()
     monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.9.0"))
-    monkeypatch.setattr(engine.shutil, "which", lambda name: None)
+    monkeypatch.setattr(runtime.gpu, "gpus", lambda: ())
     before = (bundle / "manifest.json").read_bytes()
-    with pytest.raises(EngineBuildError, match="nvidia-smi is missing"):
+    with pytest.raises(EngineBuildError, match="no NVIDIA GPU is visible"):
         engine.build_engines(bundle, progress=False)
     assert (bundle / "manifest.json").read_bytes() == before
 

@@ -12,112 +12,17 @@ import json
 import shutil
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from runtime import dsl_rescale, retrieval_metrics, similarity
+from retrieval_data import EncoderSpy, caption, independent_similarity, write_1ka_csv, write_clip
+from runtime import dsl_rescale, retrieval_metrics
 from runtime.datasets import AnnotationError, load_retrieval_set, read_annotations, read_subsets
 from runtime.metrics import metrics_from_ranks, ranks, v2t_metrics, v2t_ranks
 from runtime.video import VideoDecodeError
 
-COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 230, 40),
-           "white": (240, 240, 240), "black": (20, 20, 20)}
 METRIC_KEYS = ("R1", "R5", "R10", "R50", "MdR", "MnR", "n_queries")
-
-# --------------------------------------------------------------------------------------------
-# shared data (also imported by test_index.py; memoised so the bundle is exported once per session)
-# --------------------------------------------------------------------------------------------
-_SHARED: dict[str, Path] = {}
-
-
-def write_clip(path: Path, colour, seconds: float, fps: int = 10, w: int = 64, h: int = 48) -> Path:
-    """A small MPEG-4 clip: a flat colour with a square of the complementary colour moving right."""
-    container = av.open(str(path), "w")
-    stream = container.add_stream("mpeg4", rate=fps)
-    stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-    for i in range(max(1, int(round(seconds * fps)))):
-        img = np.empty((h, w, 3), np.uint8)
-        img[:] = colour
-        x = (3 * i) % (w - 8)
-        img[10:18, x:x + 8] = 255 - np.asarray(colour, np.uint8)
-        for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-            container.mux(packet)
-    for packet in stream.encode():
-        container.mux(packet)
-    container.close()
-    return path
-
-
-def shared_bundle(tmp_path_factory) -> Path:
-    if "bundle" not in _SHARED:
-        from export.exporter import export_bundle
-
-        out = tmp_path_factory.mktemp("bundle")
-        export_bundle(out, progress=False)
-        _SHARED["bundle"] = out
-    return _SHARED["bundle"]
-
-
-def shared_videos(tmp_path_factory) -> Path:
-    """Six clips video0..video5 (1 to 5 s, so 1 to 5 sampled frames of 12)."""
-    if "videos" not in _SHARED:
-        folder = tmp_path_factory.mktemp("clips") / "videos"
-        folder.mkdir()
-        for i, colour in enumerate(COLOURS.values()):
-            write_clip(folder / f"video{i}.mp4", colour, 1 + 0.8 * i)
-        _SHARED["videos"] = folder
-    return _SHARED["videos"]
-
-
-def caption(i: int) -> str:
-    return f"a {list(COLOURS)[i]} screen with a small square moving"
-
-
-def write_1ka_csv(path: Path, n: int = 6) -> Path:
-    rows = ["key,vid_key,video_id,sentence"] + [f"ret{i},msr{i},video{i},{caption(i)}" for i in range(n)]
-    path.write_text("\n".join(rows) + "\n")
-    return path
-
-
-def independent_similarity(bundle_dir: Path, texts, video_paths):
-    """Similarity computed without runtime.evaluation.evaluate / runtime.embedding_cache."""
-    from runtime.bundle import open_bundle
-    from runtime.encoder import BundleEncoder
-
-    bundle = open_bundle(bundle_dir)
-    with BundleEncoder(bundle) as encoder:
-        text = encoder.encode_texts(list(texts))
-        videos = encoder.encode_video_files([str(p) for p in video_paths], progress=False)
-    return similarity(text, videos.frame_embeds, videos.frame_mask, **bundle.similarity_args)
-
-
-class EncoderSpy:
-    """Counts what goes through BundleEncoder (wraps the real methods, so results are unchanged)."""
-
-    def __init__(self, monkeypatch):
-        from runtime.encoder import BundleEncoder
-
-        self.videos: list[str] = []
-        self.texts: list[str] = []
-        real_videos, real_texts = BundleEncoder.encode_video_files, BundleEncoder.encode_texts
-        spy = self
-
-        def encode_video_files(self, paths, *args, **kwargs):
-            spy.videos += [Path(p).name for p in paths]
-            return real_videos(self, paths, *args, **kwargs)
-
-        def encode_texts(self, texts, *args, **kwargs):
-            spy.texts += list(texts)
-            return real_texts(self, texts, *args, **kwargs)
-
-        monkeypatch.setattr(BundleEncoder, "encode_video_files", encode_video_files)
-        monkeypatch.setattr(BundleEncoder, "encode_texts", encode_texts)
-
-    def reset(self):
-        self.videos.clear()
-        self.texts.clear()
 
 
 def assert_metrics_equal(reported: dict, expected: dict):
@@ -130,13 +35,8 @@ def assert_metrics_equal(reported: dict, expected: dict):
 # --------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
-def bundle_dir(tmp_path_factory) -> Path:
-    return shared_bundle(tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
-def videos_dir(tmp_path_factory) -> Path:
-    return shared_videos(tmp_path_factory)
+def videos_dir(colour_clips) -> Path:
+    return colour_clips
 
 
 @pytest.fixture()
@@ -210,7 +110,7 @@ def test_annotation_errors_name_file_line_and_column(dataset):
 # --------------------------------------------------------------------------------------------
 
 def test_eval_end_to_end_matches_independent_metrics(bundle_dir, dataset, tmp_path):
-    from runtime.evaluation.evaluate import evaluate
+    from runtime.evaluation import evaluate
 
     root, csv_path, videos = dataset
     (root / "subsets.json").write_text(json.dumps({
@@ -255,7 +155,7 @@ def test_eval_end_to_end_matches_independent_metrics(bundle_dir, dataset, tmp_pa
 
 
 def test_eval_multi_caption_jsonl(bundle_dir, dataset, tmp_path):
-    from runtime.evaluation.evaluate import evaluate
+    from runtime.evaluation import evaluate
 
     root, _, videos = dataset
     rows = [("video0", "red one"), ("video2", "blue one"), ("video0", "red two"), ("video5", "black one"),
@@ -277,7 +177,7 @@ def test_eval_multi_caption_jsonl(bundle_dir, dataset, tmp_path):
 
 
 def test_cache_second_run_encodes_nothing_and_changed_video_is_reencoded(bundle_dir, dataset, tmp_path, monkeypatch):
-    from runtime.evaluation.evaluate import evaluate
+    from runtime.evaluation import evaluate
 
     _, csv_path, videos = dataset
     spy = EncoderSpy(monkeypatch)
@@ -311,7 +211,7 @@ def test_cache_second_run_encodes_nothing_and_changed_video_is_reencoded(bundle_
 
 def test_corrupt_video_stops_by_default_and_is_listed_with_skip_bad(bundle_dir, dataset, tmp_path):
     from cli.main import main
-    from runtime.evaluation.evaluate import evaluate
+    from runtime.evaluation import evaluate
 
     root, csv_path, videos = dataset
     good = (videos / "video5.mp4").read_bytes()

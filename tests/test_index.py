@@ -15,18 +15,13 @@ from click.testing import CliRunner
 
 from cli.main import main
 from runtime.index import VideoIndexError, build_index, open_index, search_index
-from test_eval import EncoderSpy, caption, independent_similarity, shared_bundle, shared_videos, write_clip
-
-
-@pytest.fixture(scope="session")
-def bundle_dir(tmp_path_factory) -> Path:
-    return shared_bundle(tmp_path_factory)
+from retrieval_data import EncoderSpy, caption, independent_similarity, write_clip
 
 
 @pytest.fixture()
-def videos(tmp_path, tmp_path_factory) -> Path:
+def videos(tmp_path, colour_clips) -> Path:
     folder = tmp_path / "videos"
-    shutil.copytree(shared_videos(tmp_path_factory), folder)
+    shutil.copytree(colour_clips, folder)
     return folder
 
 

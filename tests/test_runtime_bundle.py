@@ -1,7 +1,7 @@
 """runtime.bundle: manifest schema, checksums, invalid bundles, and the facts a bundle exposes.
 
-The session fixture `bundle_dir` exports the fixed-seed tiny model once per test session (other
-runtime test modules import it); tests that damage a bundle work on a copy.
+The session fixture `bundle_dir` (tests/conftest.py) exports the fixed-seed tiny model once per test
+session; tests that damage a bundle work on a copy.
 """
 from __future__ import annotations
 
@@ -13,17 +13,6 @@ import numpy as np
 import pytest
 
 from runtime.bundle import Bundle, BundleError, open_bundle, schema_problems
-
-
-@pytest.fixture(scope="session")
-def bundle_dir(tmp_path_factory) -> Path:
-    """A valid tiny bundle, exported once per session (its directory is shared: do not modify it)."""
-    path = tmp_path_factory.getbasetemp() / "tiny-bundle"
-    if not (path / "manifest.json").is_file() or not json.loads((path / "manifest.json").read_text()).get("valid"):
-        from export.exporter import export_bundle
-
-        export_bundle(path, progress=False)
-    return path
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-from test_runtime_bundle import bundle_dir  # noqa: F401  (session fixture: one export per session)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,7 +55,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_runtime_and_its_cli_run_without_torch(bundle_dir, tmp_path):  # noqa: F811
+def test_runtime_and_its_cli_run_without_torch(bundle_dir, tmp_path):
     proc = subprocess.run([sys.executable, "-c", SCRIPT, str(bundle_dir), str(tmp_path)], cwd=REPO,
                           capture_output=True, text=True, timeout=240)
     output = proc.stdout + proc.stderr

@@ -5,7 +5,8 @@ import json
 
 from click.testing import CliRunner
 
-from runtime.summary import ablation_markdown, build_summary, main
+from cli.summary import summary_command as main
+from runtime.summary import ablation_markdown, build_summary
 
 
 def _eval_report(r1: float, motion_r1: float) -> dict:

@@ -26,8 +26,9 @@ from runtime.video import VideoDecodeError, load_video
 from ts2net.config import TS2NetConfig
 from ts2net.training.frame_cache import FrameCache, TrainClips, cached_split, load_split
 from ts2net.selection import perturbed_topk
-from ts2net.training.loop import (EmbedBatch, batch_loss, param_groups, train_command,
-                          warmup_cosine)
+from cli.train import train_command
+from ts2net.training.loss import EmbedBatch, batch_loss
+from ts2net.training.optim import param_groups, warmup_cosine
 from ts2net.training.tokenizer import train_caption_tokenizer
 
 FRAMES = 4  # max_frames of the tiny test models (2-3 s clips give 2-3 real frames)

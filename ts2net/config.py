@@ -15,7 +15,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
-FRAME_MASK_MODES = ("official", "fixed")
+from runtime.bundle_format import FRAME_MASK_MODES
+
 #: Temporal heads, named as in the official code (CLIP4Clip's `--sim_header`): "seqTransf" (TS2-Net's:
 #: frame positions + temporal transformer over each frame's kept tokens) and "meanP" (CLIP4Clip's
 #: parameter-free mean of the normalised frame CLS embeddings; the ablation baseline).

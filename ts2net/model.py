@@ -19,12 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from runtime.bundle_format import MASKED_FRAME_VALUE  # masked frames before the frame softmax
+
 from .config import TS2NetConfig
 from .selection import hard_topk_ascending, perturbed_topk
 
 FRAME_POSITION_INIT_STD = 0.5  # from-scratch init of frame_position_embeddings (see reset_parameters)
 TEMPORAL_MASK_VALUE = -1e6  # additive attention mask of the temporal transformer (official value)
-FRAME_MASKED_VALUE = -1e18  # masked frames before the frame softmax (official value)
 
 
 class QuickGELU(nn.Module):
@@ -233,7 +234,7 @@ def frame_weighted_similarity(text_embeds: torch.Tensor, frame_embeds: torch.Ten
     m = frame_mask.to(torch.bool).unsqueeze(-1)                       # (Nv, T, 1)
     u = s * m
     u = u / u.norm(dim=1, keepdim=True)
-    u = u.masked_fill(~m, FRAME_MASKED_VALUE)
+    u = u.masked_fill(~m, MASKED_FRAME_VALUE)
     w = torch.softmax(softmax_factor * u, dim=1)
     return logit_scale * (w * s).sum(dim=1).t()                       # (Nt, Nv)
 

@@ -82,21 +82,3 @@ def train_caption_tokenizer(captions: Iterable[str], vocab_size: int = DEFAULT_V
     if out_path is not None:
         atomic_write_text(Path(out_path), text)
     return loaded
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`python -m ts2net.training.tokenizer DATA OUT.json [VOCAB_SIZE]`: train on a benchmark's train captions."""
-    import sys
-
-    from synthbench import load_annotations
-
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) not in (2, 3):
-        raise SystemExit("usage: python -m ts2net.training.tokenizer DATA_DIR OUT_TOKENIZER_JSON [VOCAB_SIZE]")
-    captions = [c for _, c in load_annotations(args[0]).train]
-    tok = train_caption_tokenizer(captions, int(args[2]) if len(args) == 3 else DEFAULT_VOCAB_SIZE, args[1])
-    print(f"{args[1]}: vocab {tok.vocab_size}, SOT {tok.sot_id}, EOT {tok.eot_id}, from {len(captions)} captions")
-
-
-if __name__ == "__main__":
-    main()
