@@ -8,6 +8,7 @@ itself needs TensorRT and a GPU, and their absence is a clear error that leaves 
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,14 +113,31 @@ def build_engine(onnx_path: Path, graph_entry: dict[str, Any], profile: BatchPro
     tmp.replace(plan_path)
 
 
+def _open_verified(bundle: Path) -> tuple[dict[str, Any], dict[str, Path]]:
+    """(a copy of the manifest, FP16 graph path per graph), read through the verifying reader.
+
+    The schema is checked and each FP16 graph (and its external data) is checked against its sha256
+    before anything is built, so an engine is never built from a swapped or truncated graph.
+    """
+    from runtime.bundle import BundleError, open_bundle
+
+    try:
+        opened = open_bundle(bundle, verify=False, allow_invalid=True)
+        if not opened.valid:
+            raise EngineBuildError(f"{bundle}: the bundle is marked invalid (FP32 validation failed); "
+                                   "re-export it first")
+        sources = {graph: opened.graph_path(graph, "fp16") for graph in GRAPHS}
+    except BundleError as exc:
+        raise EngineBuildError(str(exc)) from exc
+    return copy.deepcopy(dict(opened.manifest)), sources
+
+
 def build_engines(bundle: str | Path, profiles: dict[str, BatchProfile] | None = None, workspace_mb: int | None = None,
                   timing_cache: str | Path | None = None, optimization_level: int | None = None,
                   progress: bool = True) -> dict[str, Any]:
     """Build `text.plan` and `video.plan`; record the build facts in the manifest. Returns the entries."""
     bundle = Path(bundle)
-    manifest = mf.read_manifest(bundle)
-    if not manifest.get("valid"):
-        raise EngineBuildError(f"{bundle}: the bundle is marked invalid (FP32 validation failed); re-export it first")
+    manifest, sources = _open_verified(bundle)
     profiles = profiles or dict(DEFAULT_PROFILES)
     # preflight before touching anything: TensorRT, Polygraphy, GPU
     trt = import_tensorrt()
@@ -131,7 +149,7 @@ def build_engines(bundle: str | Path, profiles: dict[str, BatchProfile] | None =
     for graph in tqdm(GRAPHS, desc="engines", disable=not progress):
         fp16 = manifest["graphs"][graph]["fp16"]
         plan = bundle / engine_file(graph)
-        build_engine(bundle / fp16["file"], fp16, profiles[graph], plan, workspace_mb, cache, optimization_level)
+        build_engine(sources[graph], fp16, profiles[graph], plan, workspace_mb, cache, optimization_level)
         entries[graph] = file_entry(bundle, plan.name, precision="fp16 (strongly typed from the FP16 graph)",
                                     built_from=fp16["file"], tensorrt_version=trt.__version__, gpu=gpu,
                                     profile=profiles[graph].to_manifest(), inputs=fp16["inputs"],

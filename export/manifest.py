@@ -18,7 +18,7 @@ from runtime.bundle_format import (FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, f
 from runtime.files import atomic_write_text, sha256_file
 from ts2net import TS2NetConfig
 
-__all__ = ["file_entry", "new_manifest", "read_manifest", "sha256_file", "tool_versions", "write_manifest"]
+__all__ = ["file_entry", "new_manifest", "sha256_file", "tool_versions", "write_manifest"]
 
 
 def tool_versions() -> dict[str, str]:
@@ -55,10 +55,3 @@ def write_manifest(bundle: str | Path, manifest: dict[str, Any]) -> Path:
     path = Path(bundle) / MANIFEST_NAME
     atomic_write_text(path, json.dumps(manifest, indent=2, sort_keys=False) + "\n")
     return path
-
-
-def read_manifest(bundle: str | Path) -> dict[str, Any]:
-    path = Path(bundle) / MANIFEST_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no manifest; is {bundle} a bundle made by `ts2net export`?")
-    return json.loads(path.read_text())

@@ -74,6 +74,23 @@ def test_invalid_bundles_are_refused(bundle, tmp_path):
         engine.build_engines(copy, progress=False)
 
 
+def test_engines_are_built_only_from_verified_fp16_graphs(bundle, tmp_path, monkeypatch):
+    """An FP16 graph altered after export is refused before TensorRT is touched; the manifest stays as it was."""
+    copy = tmp_path / "tampered"
+    shutil.copytree(bundle, copy)
+    graph = copy / "video.fp16.onnx"
+    graph.write_bytes(graph.read_bytes()[:-16] + bytes(16))
+    monkeypatch.setattr(engine, "import_tensorrt", lambda: types.SimpleNamespace(__version__="10.9.0.34"))
+    monkeypatch.setattr(engine, "gpu_facts", lambda: {"name": "NVIDIA H100", "compute_capability": "9.0"})
+    monkeypatch.setattr(engine, "build_engine", lambda *args: pytest.fail("built from an unverified graph"))
+    before = (copy / "manifest.json").read_bytes()
+    with pytest.raises(EngineBuildError, match="video.fp16.onnx does not match its checksum"):
+        engine.build_engines(copy, progress=False)
+    assert (copy / "manifest.json").read_bytes() == before
+    result = CliRunner().invoke(cli, ["engine", "--bundle", str(copy)])
+    assert result.exit_code == 2 and "does not match its checksum" in result.output
+
+
 def test_manifest_records_the_build(bundle, tmp_path, monkeypatch):
     """The plumbing around the build, with the TensorRT call itself replaced by a stand-in."""
     copy = tmp_path / "built"
