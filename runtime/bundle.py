@@ -40,7 +40,7 @@ class Bundle:
         self._tokenizer = None
 
     def __repr__(self) -> str:
-        return f"Bundle({str(self._path)!r}, model={self.model.get('name')!r}, id={self.sha256})"
+        return f"Bundle({str(self._path)!r}, model={self.model.get('name')!r}, id={self.content_id})"
 
     # -------------------------------------------------------------- plain facts
     path = property(lambda self: self._path)
@@ -73,7 +73,7 @@ class Bundle:
         return self._manifest["preprocessing"]
 
     @cached_property
-    def sha256(self) -> str:
+    def content_id(self) -> str:
         """Short id of what determines an embedding: graph checksums, tokenizer checksum, preprocessing.
 
         Used to key caches, so a re-export with other weights, another tokenizer or another

@@ -163,9 +163,9 @@ def build_index(
     bundle = open_bundle(bundle_dir)
     cache = None
     if cache_dir is not False:
-        cache = EmbeddingCache(default_cache_dir() if cache_dir is None else cache_dir, bundle.sha256, backend,
+        cache = EmbeddingCache(default_cache_dir() if cache_dir is None else cache_dir, bundle.content_id, backend,
                                precision)
-    known = _reusable_rows(out, bundle.sha256, backend, precision, dtype)
+    known = _reusable_rows(out, bundle.content_id, backend, precision, dtype)
 
     with BundleEncoder(bundle, backend=backend, precision=precision, batch_size=batch_size) as encoder:
         result = encode_videos_cached(encoder, list(files.values()), cache, skip_bad=skip_bad,
@@ -191,7 +191,7 @@ def build_index(
         "version": INDEX_VERSION,
         "created": (previous or {}).get("created", now),
         "updated": now,
-        "bundle": {"path": str(Path(bundle_dir).resolve()), "id": bundle.sha256,
+        "bundle": {"path": str(Path(bundle_dir).resolve()), "id": bundle.content_id,
                    "model": bundle.manifest.get("model", {}).get("name"), "max_frames": bundle.max_frames,
                    "max_words": bundle.max_words, "embed_dim": bundle.embed_dim},
         "backend": backend,
@@ -242,9 +242,9 @@ def search_index(index: VideoIndex, queries: Sequence[str], k: int = 10, *, bund
         raise VideoIndexError(f"{index.path}: the bundle recorded in the index, {path}, does not exist here; "
                               f"pass --bundle (a bundle with id {index.meta['bundle']['id']})")
     bundle = open_bundle(path, verify=False)  # files are verified when first used
-    if bundle.sha256 != index.meta["bundle"]["id"]:
+    if bundle.content_id != index.meta["bundle"]["id"]:
         raise VideoIndexError(f"{index.path} was built with bundle id {index.meta['bundle']['id']} but {path} has id "
-                          f"{bundle.sha256}: its text embeddings are not comparable; pass the original --bundle "
+                          f"{bundle.content_id}: its text embeddings are not comparable; pass the original --bundle "
                           "or rebuild the index")
     with BundleEncoder(bundle, backend=backend, precision=index.meta["precision"], batch_size=batch_size) as enc:
         text = np.asarray(enc.encode_texts(list(queries)), np.float32)

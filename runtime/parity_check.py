@@ -166,7 +166,7 @@ def run_parity(bundle_dir: Path, backend: str, precision: str | None, annotation
     source = (bundle.manifest.get("source_checkpoint") or {}).get("name")
     report = {
         "command": "parity", "passed": not failures, "backend": backend, "precision": row,
-        "bundle": {"path": str(bundle.path.resolve()), "id": bundle.sha256, "model": bundle.model.get("name"),
+        "bundle": {"path": str(bundle.path.resolve()), "id": bundle.content_id, "model": bundle.model.get("name"),
                    "source": source, "valid": bundle.valid},
         "failures": failures, "reference_inputs": reference.to_dict(), "real_data": real,
         "environment": environment(),

@@ -46,10 +46,10 @@ def test_open_exposes_the_manifest_facts(bundle_dir):
 
 
 def test_sha256_is_a_short_stable_id_that_follows_the_graphs(bundle_dir, bundle_copy):
-    first, again = open_bundle(bundle_dir).sha256, open_bundle(bundle_copy).sha256
+    first, again = open_bundle(bundle_dir).content_id, open_bundle(bundle_copy).content_id
     assert first == again and len(first) == 16 and int(first, 16) >= 0
     edit_manifest(bundle_copy, lambda m: m["graphs"]["text"]["fp32"].update(sha256="0" * 64))
-    assert open_bundle(bundle_copy, verify=False).sha256 != first
+    assert open_bundle(bundle_copy, verify=False).content_id != first
 
 
 def test_checksum_mismatch_names_the_file(bundle_copy):

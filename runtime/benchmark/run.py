@@ -158,7 +158,7 @@ def run_bench(bundle, backends: Sequence[str] | None = None, precisions: Sequenc
     bar.close()
     return {
         "command": "bench",
-        "bundle": {"path": str(Path(bundle.path).resolve()), "id": bundle.sha256, "model": bundle.model.get("name"),
+        "bundle": {"path": str(Path(bundle.path).resolve()), "id": bundle.content_id, "model": bundle.model.get("name"),
                    "source": (bundle.manifest.get("source_checkpoint") or {}).get("name"),
                    "config": dict(bundle.model)},
         "settings": {"threads": threads, "usable_cores": usable_cores(), "load_average_at_start": load_at_start,

@@ -123,7 +123,7 @@ def evaluate(
     timing["open_bundle"] = time.perf_counter() - t0
     cache = None
     if cache_dir is not False:
-        cache = EmbeddingCache(default_cache_dir() if cache_dir is None else cache_dir, bundle.sha256, backend,
+        cache = EmbeddingCache(default_cache_dir() if cache_dir is None else cache_dir, bundle.content_id, backend,
                                precision)
 
     with BundleEncoder(bundle, backend=backend, precision=precision, batch_size=batch_size) as encoder:
@@ -167,7 +167,7 @@ def evaluate(
         "kind": "ts2net-eval",
         "version": 1,
         "started": started.isoformat(timespec="seconds"),
-        "bundle": {"path": str(Path(bundle_dir).resolve()), "id": bundle.sha256,
+        "bundle": {"path": str(Path(bundle_dir).resolve()), "id": bundle.content_id,
                    "model": bundle.manifest.get("model", {}).get("name"),
                    "source_checkpoint": (bundle.manifest.get("source_checkpoint") or {}).get("name"),
                    "valid": bundle.manifest.get("valid"), "similarity": bundle.similarity_args,
