@@ -1,4 +1,4 @@
-"""Parity of a bundle's outputs against PyTorch FP32 reference outputs (design: parity table).
+"""Parity of a bundle's outputs against PyTorch FP32 reference outputs (thresholds: docs/runtime.md, "Parity thresholds").
 
 One function computes every figure for one precision row and lists *every* failing check at
 once; export validation and `ts2net parity` both use it, so "the same answers" is defined once.
@@ -12,7 +12,7 @@ import numpy as np
 
 from .frame_similarity import similarity
 
-# Thresholds of the design's parity table. Keys: precision row -> check -> bound.
+# The parity table (docs/runtime.md, "Parity thresholds"). Keys: precision row -> check -> bound.
 THRESHOLDS: dict[str, dict[str, float]] = {
     "fp32": {"cosine_min": 0.99999, "max_abs_err": 1e-4, "selection_agreement": 1.0,
              "similarity_max_abs_err": 1e-3, "ranking_identical": 1.0},

@@ -1,6 +1,6 @@
 """`ts2net parity`: does a backend give the same answers as the PyTorch FP32 model?
 
-Two checks, each against the row of the design's parity table for the precision under test:
+Two checks, each against the row of the parity table (docs/runtime.md) for the precision under test:
 
 1. Reference inputs: the bundle's `reference.npz` holds inputs and the PyTorch FP32 outputs
    recorded at export, so this check needs no torch. The backend's outputs go through
@@ -119,7 +119,7 @@ def render_markdown(report: dict[str, Any], reference_md: str) -> str:
     lines = [f"# Parity: {report['backend']} ({report['precision']}) — {'PASS' if report['passed'] else 'FAIL'}", "",
              f"Bundle `{report['bundle']['path']}` (id {report['bundle']['id']}, model {report['bundle']['model']}, "
              f"source: {report['bundle']['source']}).", "",
-             f"Thresholds: the {report['precision']} row of the design's parity table.", ""]
+             f"Thresholds: the {report['precision']} row of the parity table (docs/runtime.md).", ""]
     if report["failures"]:
         lines += ["## Failures", "", *[f"- {f}" for f in report["failures"]], ""]
     lines += ["## Reference inputs vs PyTorch FP32 (reference.npz)", "", reference_md]

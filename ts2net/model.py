@@ -1,7 +1,7 @@
 """TS2-Net (Token Shift and Selection Transformer) in one readable file.
 
 Reproduces the official implementation's inference number for number (see
-`docs/semantics.md` / shared `ts2net-semantics.md`), with one deliberate difference: token
+`docs/semantics.md`), with one deliberate difference: token
 selection at inference is *hard* top-K (the sigma -> 0 limit of the official perturbed top-K),
 so the exported graphs are deterministic. Parameter names mirror the official checkpoints
 (`clip.visual...`, `transformerClip...`, `visual_token_selector...`) so loading is a key check,
@@ -57,7 +57,7 @@ class Attention(nn.Module):
 
 
 class TokenShift(nn.Module):
-    """Moves whole patch tokens between neighbouring frames (semantics section 4).
+    """Moves whole patch tokens between neighbouring frames (docs/semantics.md, row 4).
 
     Forward positions 1, 1+fold, ... take the previous frame's token; backward positions
     4, 4+fold, ... take the next frame's token (assigned second, so it wins where both apply);
@@ -189,7 +189,7 @@ class ScorePredictor(nn.Module):
 
 
 class TokenSelector(nn.Module):
-    """Keeps each frame's CLS token plus its top-K patch tokens (semantics section 5)."""
+    """Keeps each frame's CLS token plus its top-K patch tokens (docs/semantics.md, row 5)."""
 
     def __init__(self, cfg: TS2NetConfig):
         super().__init__()

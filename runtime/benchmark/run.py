@@ -3,8 +3,8 @@
 For every available backend x precision x batch size, both encoders: warm-up, then p50/p95/p99
 latency, throughput, achieved GFLOP/s and peak RSS. A latency alone does not say whether a
 backend is good, so achieved GFLOP/s (from `model_flops`, a count of the model's multiply-adds)
-is set next to the attainable peak of the same kernel library measured in the same run (design,
-"Measuring against the limit"): for ONNX Runtime, a `MatMul` graph of large square matrices run
+is set next to the attainable peak of the same kernel library measured in the same run (docs/runtime.md,
+"Benchmark"): for ONNX Runtime, a `MatMul` graph of large square matrices run
 by ONNX Runtime with the same thread count. A numpy or torch GEMM is not that limit: on the
 reference machine it reached half of ORT's MatMul, and would overstate efficiency twofold.
 

@@ -3,7 +3,7 @@
     ts2net train --data DATA --out RUN --preset demo --epochs 3
     torchrun --nproc_per_node 2 -m cli train --data DATA --out RUN --preset demo   # gloo DDP
 
-The objective is the official one (semantics section 8): symmetric cross-entropy over the
+The objective is the official one (docs/semantics.md, row 8): symmetric cross-entropy over the
 logit-scaled B x B similarity of a batch, with the perturbed top-K selection of training mode.
 With several processes every process all-gathers the text embeddings, frame embeddings and frame
 masks, so each one computes the full (B*world) x (B*world) matrix -- the negatives a single
