@@ -11,6 +11,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from .frame_similarity import similarity
+from .reports import format_number
 
 # The parity table (docs/runtime.md, "Parity thresholds"). Keys: precision row -> check -> bound.
 THRESHOLDS: dict[str, dict[str, float]] = {
@@ -50,9 +51,7 @@ class ParityResult:
 
 
 def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.9g}"  # cosines differ from 1 only in the 7th-9th digit
-    return str(value)
+    return format_number(value, ".9g", missing="None")  # cosines differ from 1 only in the 7th-9th digit
 
 
 def embedding_figures(reference: np.ndarray, produced: np.ndarray) -> dict[str, float]:

@@ -31,6 +31,20 @@ LIBRARIES = ("ts2net-deploy", "numpy", "onnxruntime", "onnxruntime-gpu", "onnx",
 
 
 
+
+def format_number(value: Any, spec: str = ".1f", small_spec: str | None = None, missing: str = "-") -> str:
+    """One number as a report writes it (the one formatting helper of the reports).
+
+    None -> `missing`; a float with `spec`, or with `small_spec` when 0 < |value| < 0.05 (so a small
+    figure does not print as 0.0); anything else (ints, strings, bools) as `str(value)`.
+    """
+    if value is None:
+        return missing
+    if isinstance(value, float):
+        small = small_spec is not None and value != 0 and abs(value) < 0.05
+        return format(value, small_spec if small else spec)
+    return str(value)
+
 def jsonable(value: Any) -> Any:
     """Plain JSON data from report values: numpy scalars/arrays, paths, dataclasses and sets are
     converted, dict keys become strings, and NaN/inf become null (not JSON; never an unreadable file)."""

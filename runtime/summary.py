@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .bundle_format import MANIFEST_NAME
-from .reports import atomic_write_bytes, write_report
+from .reports import atomic_write_bytes, format_number, write_report
 
 ABLATION_ORDER = ("baseline", "+shift", "+selection", "full")
 SUBSETS = ("motion", "small_object")
@@ -40,7 +40,7 @@ def ablation_entry(eval_report: dict[str, Any], train_summary: dict[str, Any] | 
 
 
 def _r(metrics: dict[str, Any] | None, key: str = "R1") -> str:
-    return "-" if not metrics else f"{metrics[key]:.1f}"
+    return "-" if not metrics else format_number(float(metrics[key]))
 
 
 def ablation_markdown(ablations: dict[str, Any]) -> list[str]:

@@ -4,15 +4,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..reports import format_number
 from .ranking import CONVENTIONS, DIRECTIONS, LABELS, METRIC_KEYS
 
 
 def _fmt(value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.1f}" if abs(value) >= 0.05 or value == 0 else f"{value:.3g}"
-    return str(value)
+    return format_number(value, ".1f", small_spec=".3g")
 
 
 def metrics_table(metrics: dict[str, dict[str, float]]) -> list[str]:
