@@ -176,63 +176,99 @@ def test_eval_multi_caption_jsonl(bundle_dir, dataset, tmp_path):
     assert "recall_png" not in data["files"]
 
 
-def test_cache_second_run_encodes_nothing_and_changed_video_is_reencoded(bundle_dir, dataset, tmp_path, monkeypatch):
+def _cached_eval(dataset, tmp_path, **extra):
+    """(run(**overrides) -> evaluate's report with the test's cache, csv, videos) for the cache tests."""
     from runtime.evaluation import evaluate
 
     _, csv_path, videos = dataset
-    spy = EncoderSpy(monkeypatch)
-    cache = tmp_path / "cache"
-    kwargs = dict(out_dir=tmp_path / "r", cache_dir=cache, progress=False, plot=False)
+    kwargs = dict(out_dir=tmp_path / "r", cache_dir=tmp_path / "cache", progress=False, plot=False, **extra)
+    return lambda bundle_dir, **overrides: evaluate(bundle_dir, csv_path, videos, **{**kwargs, **overrides})
 
-    first = evaluate(bundle_dir, csv_path, videos, **kwargs)
+
+def test_cache_first_run_encodes_everything(bundle_dir, dataset, tmp_path, monkeypatch):
+    spy = EncoderSpy(monkeypatch)
+    first = _cached_eval(dataset, tmp_path)(bundle_dir)
     assert sorted(spy.videos) == [f"video{i}.mp4" for i in range(6)] and len(spy.texts) == 6
     assert first["cache"]["videos_encoded"] == 6
 
-    spy.reset()
-    second = evaluate(bundle_dir, csv_path, videos, **kwargs)
+
+def test_cache_second_run_encodes_nothing(bundle_dir, dataset, tmp_path, monkeypatch):
+    run = _cached_eval(dataset, tmp_path)
+    first = run(bundle_dir)
+    spy = EncoderSpy(monkeypatch)
+    second = run(bundle_dir)
     assert spy.videos == [] and spy.texts == []
     assert (second["cache"]["videos_from_cache"], second["cache"]["texts_from_cache"]) == (6, 6)
     assert second["metrics"] == first["metrics"]
+    assert first["files"]["json"] != second["files"]["json"]  # one report per run
 
-    # a changed file (same name) is encoded again, and only that one
-    write_clip(videos / "video3.mp4", (128, 0, 128), 2.5)
-    spy.reset()
-    third = evaluate(bundle_dir, csv_path, videos, **kwargs)
+
+def test_cache_reencodes_only_a_changed_video(bundle_dir, dataset, tmp_path, monkeypatch):
+    run = _cached_eval(dataset, tmp_path)
+    run(bundle_dir)
+    write_clip(dataset[2] / "video3.mp4", (128, 0, 128), 2.5)  # a changed file under the same name
+    spy = EncoderSpy(monkeypatch)
+    changed = run(bundle_dir)
     assert spy.videos == ["video3.mp4"] and spy.texts == []
-    uncached = evaluate(bundle_dir, csv_path, videos, **{**kwargs, "cache_dir": False})
-    assert third["metrics"] == uncached["metrics"]
-    assert len({first["files"]["json"], second["files"]["json"], third["files"]["json"]}) == 3  # one report per run
+    assert changed["metrics"] == run(bundle_dir, cache_dir=False)["metrics"]
 
-    # another precision is another cache key
-    spy.reset()
-    evaluate(bundle_dir, csv_path, videos, precision="fp16", **kwargs)
+
+def test_cache_another_precision_is_another_key(bundle_dir, dataset, tmp_path, monkeypatch):
+    run = _cached_eval(dataset, tmp_path)
+    run(bundle_dir)
+    spy = EncoderSpy(monkeypatch)
+    run(bundle_dir, precision="fp16")
     assert len(spy.videos) == 6
 
 
-def test_corrupt_video_stops_by_default_and_is_listed_with_skip_bad(bundle_dir, dataset, tmp_path):
-    from cli.main import main
-    from runtime.evaluation import evaluate
-
+@pytest.fixture()
+def truncated_video(dataset):
+    """The dataset plus video6.mp4, truncated to half (unreadable), with its caption on CSV line 8."""
     root, csv_path, videos = dataset
     good = (videos / "video5.mp4").read_bytes()
-    (videos / "video6.mp4").write_bytes(good[: len(good) // 2])  # truncated: unreadable
+    (videos / "video6.mp4").write_bytes(good[: len(good) // 2])
     with csv_path.open("a") as f:
         f.write("ret6,msr6,video6,a truncated file\n")
+    return root, csv_path, videos
 
+
+def _eval_args(bundle_dir, csv_path, videos, tmp_path) -> list[str]:
+    return ["eval", "--bundle", str(bundle_dir), "--csv", str(csv_path), "--videos", str(videos),
+            "--out", str(tmp_path / "cli"), "--cache", str(tmp_path / "c"), "--no-progress"]
+
+
+def test_corrupt_video_stops_the_evaluation_by_default(bundle_dir, truncated_video, tmp_path):
+    from runtime.evaluation import evaluate
+
+    _, csv_path, videos = truncated_video
     with pytest.raises(VideoDecodeError, match=r"video6\.mp4"):
         evaluate(bundle_dir, csv_path, videos, out_dir=tmp_path / "r", cache_dir=tmp_path / "c", progress=False)
-    args = ["eval", "--bundle", str(bundle_dir), "--csv", str(csv_path), "--videos", str(videos),
-            "--out", str(tmp_path / "cli"), "--cache", str(tmp_path / "c"), "--no-progress"]
-    result = CliRunner().invoke(main, args)
+
+
+def test_corrupt_video_is_a_one_line_cli_error_naming_the_file_and_the_fix(bundle_dir, truncated_video, tmp_path):
+    from cli.main import main
+
+    result = CliRunner().invoke(main, _eval_args(bundle_dir, *truncated_video[1:], tmp_path))
     assert result.exit_code != 0 and "video6.mp4" in result.output and "--skip-bad" in result.output
 
-    # a missing file is reported the same way with --skip-bad (and is an annotation error without)
+
+def test_missing_video_is_an_annotation_error_without_skip_bad(bundle_dir, truncated_video, tmp_path):
+    from runtime.evaluation import evaluate
+
+    _, csv_path, videos = truncated_video
     with csv_path.open("a") as f:
         f.write("ret7,msr7,video7,no such file\n")
     with pytest.raises(AnnotationError, match=r"line 9: video_id 'video7'"):
         evaluate(bundle_dir, csv_path, videos, out_dir=tmp_path / "r", cache_dir=False, progress=False)
 
-    result = CliRunner().invoke(main, args + ["--skip-bad"])
+
+def test_skip_bad_lists_corrupt_and_missing_videos_and_drops_their_captions(bundle_dir, truncated_video, tmp_path):
+    from cli.main import main
+
+    _, csv_path, videos = truncated_video
+    with csv_path.open("a") as f:
+        f.write("ret7,msr7,video7,no such file\n")
+    result = CliRunner().invoke(main, _eval_args(bundle_dir, csv_path, videos, tmp_path) + ["--skip-bad"])
     assert result.exit_code == 0, result.output
     assert "skipped 2 unreadable video(s)" in result.output and "text→video" in result.output
     report = json.loads(next((tmp_path / "cli").glob("*.json")).read_text())
