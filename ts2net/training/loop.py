@@ -130,22 +130,7 @@ def run_training(opts: TrainOptions, stop_after_epoch: int | None = None) -> dic
     embed: nn.Module = EmbedBatch(model)
     if info.active:
         embed = nn.parallel.DistributedDataParallel(embed, find_unused_parameters=not cfg.token_selection)
-    start_epoch, step, wall_before, best = 0, 0, 0.0, None
-    history: list[dict] = []
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, step, wall_before = state["epoch"], state["step"], state["wall_s"]
-        best, history = state["best"], state["history"]
-        if len(state["rng"]) != info.world_size:
-            raise ValueError(f"the run was checkpointed with {len(state['rng'])} processes; resume with as many")
-        torch.set_rng_state(state["rng"][info.rank])
-        if info.main:
-            trim_log(log_path, step)
-    else:
-        torch.manual_seed(opts.seed + 1_000_003 * info.rank)  # perturbed top-K noise differs per process
-        if info.main:
-            log_path.unlink(missing_ok=True)
+    start_epoch, step, wall_before, best, history = _restore(state, optimizer, scheduler, opts, info, log_path)
 
     lr, clip_scale = opts.learning_rates()
     if info.main:
@@ -160,27 +145,8 @@ def run_training(opts: TrainOptions, stop_after_epoch: int | None = None) -> dic
         sampler.set_epoch(epoch)
         dataset.set_epoch(epoch)
         model.train()
-        losses = []
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{opts.epochs}", unit="step",
-                   disable=not (opts.progress and info.main))
-        with open(log_path, "a") if info.main else _NullFile() as log:
-            for input_ids, frames, frame_mask in bar:
-                t0 = time.perf_counter()
-                loss, grad_norm = train_step(embed, model, optimizer, scheduler, (input_ids, frames, frame_mask),
-                                             opts.grad_clip)
-                if not math.isfinite(loss):
-                    raise FloatingPointError(f"loss is {loss} at step {step + 1} (epoch {epoch + 1}); "
-                                             "lower --lr or check the data")
-                step += 1
-                step_times.append(time.perf_counter() - t0)
-                losses.append(loss)
-                bar.set_postfix(loss=f"{loss:.4f}")
-                log.write(json.dumps({"step": step, "epoch": epoch + 1, "loss": loss,
-                                      "lr": _group_lr(optimizer, "new"), "clip_lr": _group_lr(optimizer, "clip"),
-                                      "grad_norm": grad_norm, "logit_scale": model.clip.logit_scale.exp().item(),
-                                      "step_s": round(step_times[-1], 4)}) + "\n")
-                log.flush()
-        bar.close()
+        step, losses = _run_epoch(epoch, loader, embed, model, optimizer, scheduler, opts, info, log_path, step,
+                                  step_times)
 
         record: dict[str, Any] = {"step": step, "epoch": epoch + 1, "train_loss": float(np.mean(losses))}
         if val_split is not None and info.main:
@@ -222,6 +188,51 @@ def run_training(opts: TrainOptions, stop_after_epoch: int | None = None) -> dic
         atomic_write_text(out / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
     barrier()
     return summary
+
+
+def _restore(state: dict[str, Any] | None, optimizer, scheduler, opts: TrainOptions, info: DistInfo, log_path: Path):
+    """(start epoch, step, wall seconds so far, best, history) of a resumed run, its optimizer, schedule
+    and RNG restored and its log trimmed to the checkpoint; a fresh run's values otherwise."""
+    if state is None:
+        torch.manual_seed(opts.seed + 1_000_003 * info.rank)  # perturbed top-K noise differs per process
+        if info.main:
+            log_path.unlink(missing_ok=True)
+        return 0, 0, 0.0, None, []
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if len(state["rng"]) != info.world_size:
+        raise ValueError(f"the run was checkpointed with {len(state['rng'])} processes; resume with as many")
+    torch.set_rng_state(state["rng"][info.rank])
+    if info.main:
+        trim_log(log_path, state["step"])
+    return state["epoch"], state["step"], state["wall_s"], state["best"], state["history"]
+
+
+def _run_epoch(epoch: int, loader, embed: nn.Module, model: TS2Net, optimizer, scheduler, opts: TrainOptions,
+               info: DistInfo, log_path: Path, step: int, step_times: list[float]) -> tuple[int, list[float]]:
+    """One epoch of training steps, one log line per step; (step count after it, the epoch's losses)."""
+    losses = []
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{opts.epochs}", unit="step",
+               disable=not (opts.progress and info.main))
+    with open(log_path, "a") if info.main else _NullFile() as log:
+        for input_ids, frames, frame_mask in bar:
+            t0 = time.perf_counter()
+            loss, grad_norm = train_step(embed, model, optimizer, scheduler, (input_ids, frames, frame_mask),
+                                         opts.grad_clip)
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss} at step {step + 1} (epoch {epoch + 1}); "
+                                         "lower --lr or check the data")
+            step += 1
+            step_times.append(time.perf_counter() - t0)
+            losses.append(loss)
+            bar.set_postfix(loss=f"{loss:.4f}")
+            log.write(json.dumps({"step": step, "epoch": epoch + 1, "loss": loss,
+                                  "lr": _group_lr(optimizer, "new"), "clip_lr": _group_lr(optimizer, "clip"),
+                                  "grad_norm": grad_norm, "logit_scale": model.clip.logit_scale.exp().item(),
+                                  "step_s": round(step_times[-1], 4)}) + "\n")
+            log.flush()
+    bar.close()
+    return step, losses
 
 
 def _group_lr(optimizer: torch.optim.Optimizer, tower: str) -> float | None:
