@@ -119,6 +119,9 @@ def build_summary(bundle: Path, reports: Path, ablations_path: Path | None) -> t
             md.append(f"| {direction} | " + " | ".join(f"{metrics[k]:.1f}" for k in ("R1", "R5", "R10", "R50", "MdR", "MnR"))
                       + " |")
         for name, result in (evaluation.get("subsets") or {}).items():
+            if "t2v" not in result:  # no evaluated video belongs to the subset (eval writes a note instead)
+                md.append(f"| {name} subset t2v | " + " | ".join(["-"] * 6) + " |")
+                continue
             md.append(f"| {name} subset t2v | " + " | ".join(f"{result['t2v'][k]:.1f}"
                                                             for k in ("R1", "R5", "R10", "R50", "MdR", "MnR")) + " |")
     if ablations:
