@@ -21,11 +21,10 @@ from tqdm import tqdm
 
 import runtime.bundle_format as bf
 import ts2net
+from runtime.files import atomic_write_bytes, atomic_write_text, npz_bytes
 from runtime.parity import ParityResult, compare_outputs
 from runtime.tokenizer import ClipTokenizer, find_bpe_vocab, load_tokenizer
 from ts2net import TS2Net
-from runtime.files import npz_bytes
-from ts2net._io import atomic_write_bytes, atomic_write_text
 from ts2net.checkpoint import checkpoint_summary
 
 from . import manifest as mf

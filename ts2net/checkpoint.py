@@ -20,7 +20,8 @@ from typing import Any, Mapping
 
 import torch
 
-from ._io import atomic_write_bytes
+from runtime.files import atomic_write_bytes
+
 from .config import TS2NetConfig
 from .model import TS2Net
 

@@ -145,7 +145,7 @@ class TS2NetConfig:
         return TS2NetConfig.from_dict({**self.to_dict(), **overrides}, source="config overrides")
 
     def save(self, path: str | Path) -> None:
-        from ts2net._io import atomic_write_text
+        from runtime.files import atomic_write_text
 
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 

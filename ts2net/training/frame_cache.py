@@ -34,7 +34,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from runtime.video import VideoDecodeError, load_video
-from ts2net._io import atomic_write_text
+from runtime.files import atomic_write_text
 
 CACHE_VERSION = 1
 INDEX_NAME, FRAMES_NAME = "index.json", "frames.f16"

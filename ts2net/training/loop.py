@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 import ts2net
 from runtime.tokenizer import ClipTokenizer
-from ts2net._io import atomic_write_text
+from runtime.files import atomic_write_text
 from ts2net.config import TS2NetConfig
 from ts2net.training.frame_cache import FrameCache, PairedBatchSampler, TrainClips, cached_split, load_split
 from ts2net.model import TS2Net

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ts2net._io import atomic_write_bytes, atomic_write_text
+from runtime.files import atomic_write_bytes, atomic_write_text
 from .distributed import DistInfo
 from .options import RESULT_OPTIONS, TrainOptions
 

@@ -28,7 +28,7 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalize
     trainers
 
 from runtime.tokenizer import EOT_TOKEN, META_KEY, SOT_TOKEN, ClipTokenizer
-from ts2net._io import atomic_write_text
+from runtime.files import atomic_write_text
 
 #: Total vocabulary (trained tokens + SOT + EOT). On the synthbench grammar ~535 tokens would make
 #: every word a single token; 512 is always reached (so the size does not depend on how many
