@@ -7,6 +7,10 @@ from pathlib import Path
 import click
 
 from cli.errors import CannotRun, CommandError
+# imported here, not in the commands: without torch the import fails while `ts2net` loads the
+# command, which then says to install the export extra (cli/main.py)
+from export.engine import EngineBuildError, build_engines, parse_batch_profiles
+from export.exporter import ExportValidationError, export_bundle
 from runtime.bundle_format import FRAME_MASK_MODES
 
 FRAME_MASK_CHOICE = click.Choice(list(FRAME_MASK_MODES))
@@ -28,8 +32,6 @@ FRAME_MASK_CHOICE = click.Choice(list(FRAME_MASK_MODES))
 @click.option("--opset", type=click.IntRange(17, 20), default=17, show_default=True)
 def export_command(checkpoint, clip, bpe, out, max_frames, max_words, frame_mask_mode, opset):
     """Export a checkpoint to a validated bundle."""
-    from export.exporter import ExportValidationError, export_bundle
-
     try:
         result = export_bundle(out, checkpoint=checkpoint, clip=clip, bpe=bpe, opset=opset, max_frames=max_frames,
                                max_words=max_words, frame_mask_mode=frame_mask_mode)
@@ -53,8 +55,6 @@ def export_command(checkpoint, clip, bpe, out, max_frames, max_words, frame_mask
 @click.option("--opt-level", "optimization_level", type=click.IntRange(0, 5), help="Builder optimization level.")
 def engine_command(bundle, batch_specs, workspace_mb, timing_cache, optimization_level):
     """Build strongly typed TensorRT engines from the bundle's FP16 graphs."""
-    from export.engine import EngineBuildError, build_engines, parse_batch_profiles
-
     try:
         profiles = parse_batch_profiles(batch_specs)
         entries = build_engines(bundle, profiles, workspace_mb, timing_cache, optimization_level)
