@@ -37,7 +37,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import click
 import numpy as np
 
 from . import datasets
@@ -47,7 +46,7 @@ from .embedding_cache import (EmbeddingCache, VideoEmbedding, atomic_save_npy, a
 log = logging.getLogger(__name__)
 
 __all__ = ["INDEX_FORMAT", "VideoIndexError", "VideoIndex", "open_index", "build_index", "search_index",
-           "index_command", "search_command"]
+           ]
 
 INDEX_FORMAT = "ts2net-index"
 INDEX_VERSION = 1
@@ -163,9 +162,9 @@ def build_index(
     bundle = open_bundle(bundle_dir)
     cache = None
     if cache_dir is not False:
-        cache = EmbeddingCache(default_cache_dir() if cache_dir is None else cache_dir, bundle.sha256, backend,
+        cache = EmbeddingCache(default_cache_dir() if cache_dir is None else cache_dir, bundle.content_id, backend,
                                precision)
-    known = _reusable_rows(out, bundle.sha256, backend, precision, dtype)
+    known = _reusable_rows(out, bundle.content_id, backend, precision, dtype)
 
     with BundleEncoder(bundle, backend=backend, precision=precision, batch_size=batch_size) as encoder:
         result = encode_videos_cached(encoder, list(files.values()), cache, skip_bad=skip_bad,
@@ -191,7 +190,7 @@ def build_index(
         "version": INDEX_VERSION,
         "created": (previous or {}).get("created", now),
         "updated": now,
-        "bundle": {"path": str(Path(bundle_dir).resolve()), "id": bundle.sha256,
+        "bundle": {"path": str(Path(bundle_dir).resolve()), "id": bundle.content_id,
                    "model": bundle.manifest.get("model", {}).get("name"), "max_frames": bundle.max_frames,
                    "max_words": bundle.max_words, "embed_dim": bundle.embed_dim},
         "backend": backend,
@@ -240,9 +239,9 @@ def search_index(index: VideoIndex, queries: Sequence[str], k: int = 10, *, bund
         raise VideoIndexError(f"{index.path}: the bundle recorded in the index, {path}, does not exist here; "
                               f"pass --bundle (a bundle with id {index.meta['bundle']['id']})")
     bundle = open_bundle(path, verify=False)  # files are verified when first used
-    if bundle.sha256 != index.meta["bundle"]["id"]:
+    if bundle.content_id != index.meta["bundle"]["id"]:
         raise VideoIndexError(f"{index.path} was built with bundle id {index.meta['bundle']['id']} but {path} has id "
-                          f"{bundle.sha256}: its text embeddings are not comparable; pass the original --bundle "
+                          f"{bundle.content_id}: its text embeddings are not comparable; pass the original --bundle "
                           "or rebuild the index")
     with BundleEncoder(bundle, backend=backend, precision=index.meta["precision"], batch_size=batch_size) as enc:
         text = np.asarray(enc.encode_texts(list(queries)), np.float32)
@@ -255,105 +254,3 @@ def search_index(index: VideoIndex, queries: Sequence[str], k: int = 10, *, bund
         searcher.close()
     return [{"query": q, "engine": searcher.name, **hits_json(index, h)} for q, h in zip(queries, found)]
 
-
-# --------------------------------------------------------------------------------------------
-# command line
-# --------------------------------------------------------------------------------------------
-
-def _click_errors(action):
-    from .backends import BackendUnavailable
-    from .search import EngineUnavailable
-    from .video import VideoDecodeError
-
-    try:
-        return action()
-    except VideoDecodeError as exc:
-        raise click.ClickException(f"{exc}\n(pass --skip-bad to skip unreadable videos)") from exc
-    except (ValueError, BackendUnavailable, EngineUnavailable) as exc:  # VideoIndexError, BundleError, AnnotationError, settings
-        raise click.ClickException(str(exc)) from exc
-
-
-@click.command("index")
-@click.option("--bundle", "bundle_dir", required=True, type=click.Path(exists=True, file_okay=False),
-              help="Bundle directory (from `ts2net export`).")
-@click.option("--videos", "videos_dir", required=True, type=click.Path(exists=True, file_okay=False),
-              help="Folder of video files; the file name without extension is the video id.")
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Index directory to write.")
-@click.option("--backend", default="ort-cpu", show_default=True, help="Inference backend (ort-cpu, ort-cuda, tensorrt).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
-@click.option("--dtype", type=click.Choice(DTYPES), default="float16", show_default=True,
-              help="Storage type of frame embeddings (float16 halves the index; rankings barely move).")
-@click.option("--skip-bad", is_flag=True, help="Skip unreadable videos (listed in index.json) instead of stopping.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None,
-              help="Embedding cache root [default: $TS2NET_CACHE_DIR or ~/.cache/ts2net-deploy/embeddings].")
-@click.option("--no-cache", is_flag=True, help="No embedding cache (an interrupted build then starts over).")
-@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Video decoding threads (0: decode in the main thread).")
-@click.option("--no-progress", is_flag=True, help="No progress bars.")
-@click.option("--engine", type=click.Choice(["scan", "faiss", "milvus"]), default=None,
-              help="Search engine [default: the index's current one, scan for a new index]: scan scores every "
-                   "video; faiss / milvus fetch frame candidates and re-rank them exactly (docs/search.md).")
-@click.option("--exact", is_flag=True, help="faiss / milvus: a flat (exact) frame index; same top-k as scan.")
-@click.option("--faiss-kind", type=click.Choice(["auto", "flat", "hnsw", "ivf"]), default="auto", show_default=True,
-              help="faiss index type (auto: HNSW up to 4M frames, IVF beyond).")
-@click.option("--milvus-uri", default=None,
-              help="Milvus server, e.g. http://host:19530 [default: Milvus Lite file milvus.db in the index].")
-@click.option("--milvus-collection", default=None, help="Milvus collection name [default: generated, recorded].")
-def index_command(bundle_dir, videos_dir, out, backend, precision, dtype, skip_bad, batch_size, cache_dir, no_cache,
-                  workers, no_progress, engine, exact, faiss_kind, milvus_uri, milvus_collection):
-    """Encode every video in a folder into a search index (resumable; unchanged videos are not re-encoded)."""
-    meta = _click_errors(lambda: build_index(
-        bundle_dir, videos_dir, out, backend=backend, precision=precision, skip_bad=skip_bad, batch_size=batch_size,
-        cache_dir=False if no_cache else cache_dir, dtype=dtype, progress=not no_progress, workers=workers))
-    b = meta["build"]
-    click.echo(f"indexed {meta['n_videos']} videos into {out} ({b['encoded']} encoded, {b['from_cache']} from the "
-               f"cache, {b['reused_from_index']} reused from the index; {b['seconds']:.1f} s)")
-    for s in meta["skipped"]:
-        click.echo(f"skipped {s['path']}: {s['reason']}")
-    from .search import sync_engine
-
-    name = engine or meta["engine"]["name"]
-    exact = exact or (engine is None and bool(meta["engine"].get("exact")) and name != "scan")  # keep what was built
-    options = {k: v for k, v in (("faiss_kind", faiss_kind), ("milvus_uri", milvus_uri),
-                                 ("milvus_collection", milvus_collection)) if v is not None}
-    section = _click_errors(lambda: sync_engine(open_index(out), name, exact=exact, progress=not no_progress,
-                                                **options))
-    if name != "scan":
-        click.echo(f"engine {name} ({section.get('kind') or section.get('index_type')}"
-                   f"{', exact' if section['exact'] else ''}): {section['n_frames']} frames of {section['n_keys']} "
-                   f"distinct videos ({section['build_seconds']:.1f} s)")
-
-
-@click.command("search")
-@click.argument("index_dir", type=click.Path(exists=True, file_okay=False))
-@click.argument("queries", nargs=-1, required=True)
-@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Results per query.")
-@click.option("--bundle", "bundle_dir", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Bundle for the text side [default: the one recorded in the index].")
-@click.option("--backend", default="ort-cpu", show_default=True, help="Backend for encoding the query.")
-@click.option("--engine", type=click.Choice(["scan"]), default=None,
-              help="Override the index's engine with a full scan (the ground truth).")
-@click.option("--json", "as_json", is_flag=True,
-              help='Print JSON: a list of {"query", "engine", "results": [{"rank", "video_id", "score", "path"}], '
-                   '"rescored", "stop_rule_met", "fallback_scan"}.')
-def search_command(index_dir, queries, k, bundle_dir, backend, engine, as_json):
-    """Rank the indexed videos for a text query (scores: logit-scaled TS2-Net similarity)."""
-    def run():
-        return search_index(open_index(index_dir), list(queries), k, bundle_dir=bundle_dir, backend=backend,
-                            engine=engine)
-
-    results = _click_errors(run)
-    if as_json:
-        click.echo(json.dumps(results, indent=1))  # always a list, one entry per query
-        return
-    for i, entry in enumerate(results):
-        if i:
-            click.echo("")
-        note = "" if entry["engine"] == "scan" else (
-            f"  [{entry['engine']}: {entry['rescored']} re-scored, stop rule "
-            f"{'met' if entry['stop_rule_met'] else 'not met: full re-score'}]")
-        click.echo(f"query: {entry['query']}{note}")
-        width = max(len(r["video_id"]) for r in entry["results"])
-        for r in entry["results"]:
-            click.echo(f"{r['rank']:>4}  {r['score']:9.4f}  {r['video_id']:<{width}}  {r['path']}")

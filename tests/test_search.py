@@ -385,13 +385,14 @@ def test_scan_engine_is_recorded_and_is_the_default(tmp_path):
 
 # ------------------------------------------------------------------------------ the command line
 
-def test_cli_index_with_engine_then_search_equals_scan(tmp_path, tmp_path_factory):
+def test_cli_index_with_engine_then_search_equals_scan(tmp_path, bundle_dir, colour_clips):
     from click.testing import CliRunner
 
-    from runtime.cli import main
-    from test_eval import caption, shared_bundle, shared_videos
+    from cli.main import main
+    from retrieval_data import caption
 
-    bundle, videos = shared_bundle(tmp_path_factory), shared_videos(tmp_path_factory)
+    bundle, videos = bundle_dir, tmp_path / "videos"
+    shutil.copytree(colour_clips, videos)
     out = tmp_path / "index"
     runner = CliRunner()
     args = ["index", "--bundle", str(bundle), "--videos", str(videos), "--out", str(out), "--cache",

@@ -19,16 +19,21 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import click
 import numpy as np
 
 from ..reports import environment, environment_markdown, write_report
 from . import Searcher, sync_engine
 from .synthetic import SyntheticSpec, synthetic_queries, write_synthetic_index
+
+def _say(message: str, err: bool = True) -> None:
+    """Progress lines on stderr (the command layer owns stdout)."""
+    print(message, file=sys.stderr, flush=True)
+
 
 ENGINE_SPECS = {"scan": ("scan", {}), "faiss-exact": ("faiss", {"exact": True}), "faiss": ("faiss", {}),
                 "faiss-hnsw": ("faiss", {"faiss_kind": "hnsw"}), "faiss-ivf": ("faiss", {"faiss_kind": "ivf"}),
@@ -185,10 +190,10 @@ def run_bench(sizes, engines, out, work, *, frames=12, dim=512, queries=200, lat
         for name in engines:
             # the scan is slow per query: fewer latency samples (its spread is small)
             l1, l32 = (min(lat1, max(5, 500_000 // n)), min(lat32, 2)) if name == "scan" else (lat1, lat32)
-            click.echo(f"N={n}: {name} ...", err=True)
+            _say(f"N={n}: {name} ...", err=True)
             row = bench_engine(name, base, text, truth, lat1=l1, lat32=l32, progress=progress)
             run["engines"].append(row)
-            click.echo(f"N={n}: {name}: build {row['build_s']:.1f} s, p50 {row['batch1']['p50_ms']:.1f} ms, "
+            _say(f"N={n}: {name}: build {row['build_s']:.1f} s, p50 {row['batch1']['p50_ms']:.1f} ms, "
                        f"recall@10 {row['recall@10']:.4f}, re-scored {row['rescored_per_query_k10']:.1f}", err=True)
         results["runs"].append(run)
         if not keep:
@@ -199,7 +204,7 @@ def run_bench(sizes, engines, out, work, *, frames=12, dim=512, queries=200, lat
     return results
 
 
-def run_real(index_dir, annotations, engines, out, *, lat1=50, progress=True) -> dict[str, Any]:
+def run_real(index_dir, annotations, engines, out, work, *, lat1=50, progress=True) -> dict[str, Any]:
     """Agreement of each engine with the scan on a real index: every caption of ``annotations``
     encoded with the index's bundle, top-10 compared (same videos in the same order)."""
     from ..bundle import open_bundle
@@ -216,7 +221,7 @@ def run_real(index_dir, annotations, engines, out, *, lat1=50, progress=True) ->
         text = np.asarray(enc.encode_texts([c.text for c in captions], progress=progress), np.float32)
     encode_s = time.perf_counter() - t0
     truth = [h for a in range(0, len(text), 256) for h in Searcher(index, "scan").search(text[a:a + 256], 100)]
-    work = out / "real-work"
+    work = Path(work) / "real-work"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     for f in (index_dir / index.meta["arrays"]["frame_embeds"], index_dir / index.meta["arrays"]["frame_mask"]):
@@ -237,7 +242,7 @@ def run_real(index_dir, annotations, engines, out, *, lat1=50, progress=True) ->
         for p in list(work.iterdir()):
             if p.name not in base_meta_files:
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
-        click.echo(f"real: {name}: identical top-10 {100 * row['identical_top10']:.1f}% "
+        _say(f"real: {name}: identical top-10 {100 * row['identical_top10']:.1f}% "
                    f"({row['n_disagreeing']} captions differ), recall@10 {row['recall@10']:.4f}", err=True)
     results["uptime_end"] = _uptime()
     shutil.rmtree(work, ignore_errors=True)
@@ -339,55 +344,3 @@ def _write(results: dict, out: Path) -> None:
     data["environment"] = environment()
     write_report(out, "bench-search", data, markdown(data))
     plot(data, out / "bench-search.png")
-
-
-@click.command("bench-search")
-@click.option("--sizes", default="10000,100000", show_default=True, help="Collection sizes N (comma-separated).")
-@click.option("--engines", default="scan,faiss-exact,faiss,milvus", show_default=True,
-              help=f"Engines to measure, from: {', '.join(ENGINE_SPECS)}.")
-@click.option("--out", default="reports/search", show_default=True, type=click.Path(file_okay=False))
-@click.option("--work", default="data/bench-search", show_default=True, type=click.Path(file_okay=False),
-              help="Scratch folder for the synthetic collections (N=100k: 1.2 GB).")
-@click.option("--frames", default=12, show_default=True, type=click.IntRange(1, 256))
-@click.option("--dim", default=512, show_default=True, type=click.IntRange(1))
-@click.option("--queries", default=200, show_default=True, type=click.IntRange(1))
-@click.option("--latency-queries", "lat1", default=50, show_default=True, type=click.IntRange(1),
-              help="Single-query latency samples (the scan takes fewer at large N).")
-@click.option("--latency-batches", "lat32", default=4, show_default=True, type=click.IntRange(1),
-              help="Batch-32 latency samples.")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--keep", is_flag=True, help="Keep the synthetic collections in --work.")
-@click.option("--no-progress", is_flag=True)
-@click.option("--real-index", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Instead of synthetic data: an index from `ts2net index`, searched with every caption of "
-                   "--captions (top-10 agreement with the scan; writes real-agreement.json/.md).")
-@click.option("--captions", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="With --real-index: a 1k-A CSV or caption JSONL (runtime.datasets formats).")
-def bench_search_command(sizes, engines, out, work, frames, dim, queries, lat1, lat32, seed, keep, no_progress,
-                         real_index, captions):
-    """Search engines on seeded synthetic collections: build, memory, latency, recall vs scan."""
-    from .engines import EngineUnavailable
-
-    names = [e.strip() for e in engines.split(",") if e.strip()]
-    bad = [e for e in names if e not in ENGINE_SPECS]
-    if bad:
-        raise click.ClickException(f"--engines: unknown {', '.join(bad)}; choose from {', '.join(ENGINE_SPECS)}")
-    try:
-        n = [int(x) for x in sizes.split(",") if x.strip()]
-    except ValueError:
-        raise click.ClickException(f"--sizes must be comma-separated integers, got {sizes!r}") from None
-    if real_index or captions:
-        if not (real_index and captions):
-            raise click.ClickException("--real-index and --captions go together")
-        try:
-            run_real(real_index, captions, names, out, lat1=lat1, progress=not no_progress)
-        except (EngineUnavailable, ValueError) as exc:
-            raise click.ClickException(str(exc)) from exc
-        click.echo(f"wrote {Path(out) / 'real-agreement.md'} and .json")
-        return
-    try:
-        run_bench(n, names, out, work, frames=frames, dim=dim, queries=queries, lat1=lat1, lat32=lat32, seed=seed,
-                  keep=keep, progress=not no_progress)
-    except EngineUnavailable as exc:
-        raise click.ClickException(str(exc)) from exc
-    click.echo(f"wrote {Path(out) / 'bench-search.md'}, .json and .png")

@@ -1,8 +1,8 @@
-"""The `ts2net` command line (click).
+"""The `ts2net` command line (click): the root group and its lazy command table.
 
-The group itself is torch-free: each subcommand lives in the package that owns it and is imported
-only when it runs, so `ts2net eval` works on a machine with only the runtime installed, while
-`ts2net export` / `ts2net train` need the export extra (torch).
+The group itself is torch-free: each subcommand's module (one per command family in this package)
+is imported only when it runs, so `ts2net eval` works on a machine with only the runtime installed,
+while `ts2net export` / `ts2net train` say to install the export extra (torch).
 """
 from __future__ import annotations
 
@@ -12,16 +12,20 @@ import click
 
 # command name -> (module, function, one-line help shown by `ts2net --help`)
 COMMANDS = {
-    "export": ("export.cli", "export_command", "Export a checkpoint to a bundle (ONNX FP32 + FP16, reference, manifest)."),
-    "engine": ("export.cli", "engine_command", "Build TensorRT engines for a bundle (needs TensorRT and a GPU)."),
-    "train": ("ts2net.train", "train_command", "Train a TS2-Net (single process or torchrun)."),
-    "parity": ("runtime.parity_cli", "parity_command", "Check a bundle's outputs against its PyTorch reference."),
-    "eval": ("runtime.eval", "eval_command", "Text-video retrieval evaluation (MSR-VTT 1k-A style)."),
-    "bench": ("runtime.bench", "bench_command", "Latency / throughput benchmark of a bundle's backends."),
-    "index": ("runtime.index", "index_command", "Encode a folder of videos into a search index."),
-    "search": ("runtime.index", "search_command", "Search an index with a text query."),
-    "bench-search": ("runtime.search.bench", "bench_search_command",
+    "export": ("cli.export", "export_command", "Export a checkpoint to a bundle (ONNX FP32 + FP16, reference, manifest)."),
+    "engine": ("cli.export", "engine_command", "Build TensorRT engines for a bundle (needs TensorRT and a GPU)."),
+    "train": ("cli.train", "train_command", "Train a TS2-Net (single process or torchrun)."),
+    "train-tokenizer": ("cli.train_tokenizer", "train_tokenizer_command",
+                        "Train a caption BPE tokenizer on a benchmark's train captions."),
+    "synthbench": ("cli.synthbench", "synthbench_command", "Generate the synthetic text-video benchmark (resumable)."),
+    "parity": ("cli.parity", "parity_command", "Check a bundle's outputs against its PyTorch reference."),
+    "eval": ("cli.evaluate", "eval_command", "Text-video retrieval evaluation (MSR-VTT 1k-A style)."),
+    "bench": ("cli.bench", "bench_command", "Latency / throughput benchmark of a bundle's backends."),
+    "index": ("cli.index", "index_command", "Encode a folder of videos into a search index."),
+    "search": ("cli.index", "search_command", "Search an index with a text query."),
+    "bench-search": ("cli.search", "bench_search_command",
                      "Search engines (scan, faiss, milvus) on synthetic collections: latency, recall, memory."),
+    "summary": ("cli.summary", "summary_command", "The demo's one-page summary report (and the ablation table)."),
 }
 
 
