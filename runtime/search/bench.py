@@ -172,6 +172,13 @@ def run_bench(sizes, engines, out, work, *, frames=12, dim=512, queries=200, lat
     work, out = Path(work), Path(out)
     results: dict[str, Any] = {"uptime_start": _uptime(), "sizes": list(sizes), "engines": list(engines),
                                "frames": frames, "dim": dim, "queries": queries, "seed": seed, "runs": []}
+    previous = out / "bench-search.json"
+    if previous.is_file():   # runs of other sizes from an earlier invocation stay in the report
+        old = json.loads(previous.read_text())
+        if (old.get("frames"), old.get("dim"), old.get("seed")) == (frames, dim, seed):
+            results["runs"] = [r for r in old.get("runs", []) if r["n_videos"] not in sizes]
+            results["engines"] = list(dict.fromkeys(old.get("engines", []) + list(engines)))
+            results["uptime_start"] = old.get("uptime_start", results["uptime_start"])
     for n in sizes:
         spec = SyntheticSpec(n_videos=n, frames=frames, dim=dim, seed=seed)
         base = work / f"n{n}"
@@ -185,6 +192,7 @@ def run_bench(sizes, engines, out, work, *, frames=12, dim=512, queries=200, lat
         truth = Searcher(open_index(base)).search(text, 100)
         truth_s = time.perf_counter() - t0
         run = {"n_videos": n, "spec": spec.__dict__ | {"similarity": dict(spec.similarity)}, "generate_s": gen_s,
+               "queries": queries, "latency_queries": lat1, "latency_batches": lat32,
                "arrays_bytes": _dir_bytes(base) - (base / "index.json").stat().st_size,
                "ground_truth_s": truth_s, "uptime": _uptime(), "engines": []}
         for name in engines:
@@ -196,6 +204,7 @@ def run_bench(sizes, engines, out, work, *, frames=12, dim=512, queries=200, lat
             _say(f"N={n}: {name}: build {row['build_s']:.1f} s, p50 {row['batch1']['p50_ms']:.1f} ms, "
                        f"recall@10 {row['recall@10']:.4f}, re-scored {row['rescored_per_query_k10']:.1f}", err=True)
         results["runs"].append(run)
+        results["runs"].sort(key=lambda r: r["n_videos"])
         if not keep:
             shutil.rmtree(base, ignore_errors=True)
         _write(results, out)
@@ -279,7 +288,7 @@ def markdown(results: dict) -> str:
     lines = ["# Search benchmark (`ts2net bench-search`)", "",
              f"Synthetic collections (docs/search.md \"Benchmark data\"): {results['frames']} frames x {results['dim']} "
              f"dims per video, float16 arrays, `official` frame mask, {results['queries']} queries, seed "
-             f"{results['seed']}. Ground truth: the scan's top-100. Latency: ms per call (batch 1 = one query, "
+             f"{results['seed']} (per size: see below). Ground truth: the scan's top-100. Latency: ms per call (batch 1 = one query, "
              "k=10; batch 32 = 32 queries, k=10). Re-scores: distinct videos scored exactly per query (k=10).", "",
              f"Machine load at start: `{results['uptime_start']}`; at end: `{results.get('uptime_end', 'n/a')}` "
              "(shared with other sessions: latencies are pessimistic and noisy).", "",
@@ -297,7 +306,9 @@ def markdown(results: dict) -> str:
                 f"{e['recall@100']:.4f} | {100 * e['identical_top10']:.1f}% | {e['rescored_per_query_k10']:.1f} "
                 f"(p95 {e['rescored_p95_k10']:.0f}) | {100 * e['stop_rule_met_k10']:.1f}% | {speed} |")
     lines += ["", "Per size: " + "; ".join(
-        f"N={r['n_videos']:,}: arrays {_fmt_bytes(r['arrays_bytes'])}, generated in {r['generate_s']:.0f} s, "
+        f"N={r['n_videos']:,}: {r.get('queries', results['queries'])} queries ({r.get('latency_queries', '?')} "
+        f"single, {r.get('latency_batches', '?')} batches of 32 timed), arrays {_fmt_bytes(r['arrays_bytes'])}, "
+        f"generated in {r['generate_s']:.0f} s, "
         f"ground truth {r['ground_truth_s']:.1f} s, load `{r['uptime'].split('load average:')[-1].strip()}`"
         for r in results["runs"]), "", "Engine parameters: " + "; ".join(
         f"{e['engine']} @ N={r['n_videos']:,}: `{json.dumps(e['params'])}`"
