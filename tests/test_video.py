@@ -222,6 +222,72 @@ def test_matches_official_cv2_other_sizes(videos):
     np.testing.assert_allclose(frames, ref, rtol=0, atol=1e-6)
 
 
+# ---------------------------------------------------------------- common sizes, official crop rule
+
+# (width, height): CIF resizes to 273x224 and is cropped at left int((273 - 224 + 1) * 0.5) = 25,
+# where Python's round((273 - 224) / 2) = round(24.5) = 24 (half to even, torchvision >= 0.9).
+# 320x260 resizes to 275x224: int(52 * 0.5) = 26 and round(25.5) = 26 agree (the control: the two
+# rules differ only when (L - 224) mod 4 == 1).
+CIF_LIKE = {"cif_352x288": (352, 288), "320x260": (320, 260)}
+
+
+def _official_crop_box(w: int, h: int, size: int = 224) -> tuple[int, int]:
+    """(left, top) of the official crop, by the torchvision 0.8 formula, from the resized size."""
+    if w < h:
+        ow, oh = size, int(size * h / w)
+    else:
+        ow, oh = int(size * w / h), size
+    return int((ow - size + 1) * 0.5), int((oh - size + 1) * 0.5)
+
+
+def test_cif_crop_offsets_by_hand():
+    assert _official_crop_box(352, 288) == (25, 0)  # 273 wide: half up 24.5 -> 25 (half to even: 24)
+    assert _official_crop_box(320, 260) == (26, 0)  # 275 wide: int(52 * 0.5) = 26 (both rules agree)
+
+
+@pytest.fixture(scope="module")
+def cif_videos(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("cif")
+    codec = H264 or MPEG4
+    if codec is None:
+        pytest.skip("no H.264 or MPEG-4 encoder")
+    return {name: write_video(root / f"{name}.mp4", 40, 25, w, h, codec)
+            for name, (w, h) in CIF_LIKE.items()}
+
+
+def _decoded_rgb_frames(path: Path) -> list[np.ndarray]:
+    """Every frame as RGB, decoded by PyAV directly (not through runtime.video)."""
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+
+
+@pytest.mark.parametrize("name", list(CIF_LIKE))
+def test_common_sizes_equal_the_official_rule_pixel_for_pixel(cif_videos, name):
+    """load_video's frames are exactly torchvision 0.8's transform of the official frames."""
+    path = cif_videos[name]
+    rgb = _decoded_rgb_frames(path)
+    numbers = sample_frame_numbers(len(rgb), 25.0, 12)
+    assert numbers == [0, 25]
+    expected = np.stack([official_transform(Image.fromarray(rgb[k]), 224) for k in numbers])
+    frames, mask = load_video(path)
+    assert mask.tolist() == [1, 1] + [0] * 10
+    np.testing.assert_array_equal(frames[:2], expected)
+    w, h = CIF_LIKE[name]
+    left, top = _official_crop_box(w, h)
+    ow = int(224 * w / h)
+    resized = np.asarray(Image.fromarray(rgb[0]).resize((ow, 224), Image.BICUBIC))
+    np.testing.assert_array_equal(frames[0], _normalised(resized[top:top + 224, left:left + 224]))
+
+
+@needs_cv2
+@pytest.mark.parametrize("name", list(CIF_LIKE))
+def test_common_sizes_match_official_cv2_loader(cif_videos, name):
+    ref, ref_mask, *_ = official_load(cif_videos[name])
+    frames, mask = load_video(cif_videos[name])
+    np.testing.assert_array_equal(mask, ref_mask)
+    np.testing.assert_array_equal(frames, ref)
+
+
 # ---------------------------------------------------------------- sampling rule
 
 @pytest.mark.parametrize(
