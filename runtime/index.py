@@ -17,7 +17,8 @@ old ones, then switches ``index.json`` to them in one ``os.replace``, then delet
 a crash at any point leaves a consistent index (the old or the new).
 
 Resuming: a rebuild hashes every video file and takes its embedding, in this order, from the
-existing index (same bundle, backend, precision, and a dtype at least as precise), from the
+existing index (same bundle, backend, precision, preprocessing identity, i.e. our decode and
+transform rules' version and the PyAV / FFmpeg / Pillow versions, and a dtype at least as precise), from the
 embedding cache (filled every few videos while encoding, so an interrupted run loses at most one
 chunk), or from the model. So re-running after an interruption or after adding videos encodes
 only what is new or changed.
@@ -44,6 +45,7 @@ from . import datasets
 from .embedding_cache import (EmbeddingCache, VideoEmbedding, atomic_save_npy, atomic_write_bytes,
                               default_cache_dir, encode_videos_cached)
 from .frame_similarity import similarity
+from .video import preprocessing_identity
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +125,11 @@ def _reusable_rows(out: Path, bundle_id: str, backend: str, precision: str, dtyp
     m = old.meta
     same_model = (m["bundle"]["id"], m["backend"], m["precision"]) == (bundle_id, backend, precision)
     precise_enough = m["dtype"] == dtype or m["dtype"] == "float32"
-    if not (same_model and precise_enough):
+    same_pixels = m.get("preprocessing") == preprocessing_identity()
+    if not same_pixels:
+        log.warning("re-encoding every video: the index was built with other decoding/preprocessing (%s, now %s)",
+                    m.get("preprocessing"), preprocessing_identity())
+    if not (same_model and precise_enough and same_pixels):
         return {}
     return {v["sha256"]: VideoEmbedding(np.asarray(old.frame_embeds[i], np.float32),
                                         np.asarray(old.frame_mask[i], np.int64))
@@ -198,6 +204,7 @@ def build_index(
         "backend": backend,
         "precision": precision,
         "dtype": dtype,
+        "preprocessing": preprocessing_identity(),
         "similarity": bundle.similarity_args,
         "videos_dir": str(Path(videos_dir).resolve()),
         "n_videos": len(result.paths),

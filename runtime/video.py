@@ -22,6 +22,7 @@ pass, never a wrong answer.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from dataclasses import dataclass
@@ -32,6 +33,33 @@ from PIL import Image
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+#: Version of *our* decode + transform rules (sampling, decoding pass, resize, crop, normalisation).
+#: Bump it whenever a change here can alter a single output pixel, so that every embedding cache
+#: and index filled by the old rules is re-encoded instead of served (2: crop offset rounded half up).
+PREPROCESSING_RULES_VERSION = 2
+
+
+def preprocessing_identity() -> dict[str, str]:
+    """What produced the pixels: our rules' version and the libraries that decode and resize.
+
+    Embedding caches and indexes store it and re-encode on any mismatch: a new PyAV wheel (with
+    its bundled FFmpeg), another FFmpeg build or another Pillow can change decoded or resized
+    pixels, and embeddings computed from the old pixels would otherwise be served silently.
+    """
+    from PIL import __version__ as pillow_version
+
+    ffmpeg = ",".join(f"{lib}={'.'.join(map(str, v))}" for lib, v in sorted(av.library_versions.items())
+                      if lib in ("libavcodec", "libavformat", "libavutil", "libswscale"))
+    return {"rules": str(PREPROCESSING_RULES_VERSION), "pyav": str(av.__version__), "ffmpeg": ffmpeg,
+            "pillow": str(pillow_version)}
+
+
+def preprocessing_id() -> str:
+    """Short digest of `preprocessing_identity()`, for file and directory names."""
+    text = ";".join(f"{k}={v}" for k, v in sorted(preprocessing_identity().items()))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 class VideoDecodeError(ValueError):

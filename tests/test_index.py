@@ -142,3 +142,31 @@ def test_index_skip_bad_and_foreign_bundle(bundle_dir, videos, tmp_path):
         search_index(open_index(tmp_path / "i"), ["anything"])
     result = runner.invoke(main, ["search", str(tmp_path / "i"), "anything"])
     assert result.exit_code != 0 and "not comparable" in result.output
+
+
+def test_new_decoding_or_preprocessing_code_reencodes_instead_of_serving_old_embeddings(
+        bundle_dir, videos, tmp_path, monkeypatch):
+    """Index and embedding cache are keyed by the preprocessing identity (rules + PyAV/FFmpeg/Pillow)."""
+    import PIL
+
+    from runtime import video as rv
+
+    spy = EncoderSpy(monkeypatch)
+    index_dir, cache = tmp_path / "index", tmp_path / "cache"
+    first = build_index(bundle_dir, videos, index_dir, cache_dir=cache, progress=False)
+    assert first["build"]["encoded"] == 6
+    assert first["preprocessing"] == rv.preprocessing_identity()
+
+    # another Pillow (or PyAV / FFmpeg): neither the index nor the cache may answer
+    monkeypatch.setattr(PIL, "__version__", "0.0.test")
+    spy.reset()
+    meta = build_index(bundle_dir, videos, index_dir, cache_dir=cache, progress=False)
+    assert (meta["build"]["encoded"], meta["build"]["from_cache"], meta["build"]["reused_from_index"]) == (6, 0, 0)
+    assert len(spy.videos) == 6 and meta["preprocessing"]["pillow"] == "0.0.test"
+    other = build_index(bundle_dir, videos, tmp_path / "index2", cache_dir=cache, progress=False)
+    assert other["build"]["from_cache"] == 6  # the cache now holds entries for the new identity too
+
+    # a new version of our own rules (like the crop fix) does the same
+    monkeypatch.setattr(rv, "PREPROCESSING_RULES_VERSION", rv.PREPROCESSING_RULES_VERSION + 1)
+    meta = build_index(bundle_dir, videos, tmp_path / "index3", cache_dir=cache, progress=False)
+    assert (meta["build"]["encoded"], meta["build"]["from_cache"]) == (6, 0)

@@ -505,3 +505,14 @@ def test_module_imports_neither_torch_nor_cv2():
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root)}
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root, env=env)
+
+
+def test_preprocessing_identity_names_rules_and_pixel_libraries(monkeypatch):
+    import PIL
+
+    ident = rv.preprocessing_identity()
+    assert ident["pyav"] == av.__version__ and ident["pillow"] == PIL.__version__
+    assert "libavcodec=" in ident["ffmpeg"] and ident["rules"] == str(rv.PREPROCESSING_RULES_VERSION)
+    before = rv.preprocessing_id()
+    monkeypatch.setattr(av, "library_versions", {**av.library_versions, "libavcodec": (1, 2, 3)})
+    assert rv.preprocessing_id() != before
