@@ -138,7 +138,7 @@ def build_engines(bundle: str | Path, profiles: dict[str, BatchProfile] | None =
         fp16 = manifest["graphs"][graph]["fp16"]
         plan = bundle / f"{graph}.plan"
         build_engine(bundle / fp16["file"], fp16, profiles[graph], plan, workspace_mb, cache, optimization_level)
-        entries[graph] = mf.file_entry(bundle, plan.name, precision="fp16 (strongly typed from the FP16 graph)",
+        entries[graph] = mf.file_entry(bundle, plan.name, precision="fp16", typing="strongly typed from the FP16 graph",
                                        built_from=fp16["file"], tensorrt_version=trt.__version__, gpu=gpu,
                                        profile=profiles[graph].to_manifest(), inputs=fp16["inputs"],
                                        outputs=fp16["outputs"], builder_optimization_level=optimization_level,

@@ -457,6 +457,17 @@ def available_backends(bundle: Bundle | None = None) -> list[BackendStatus]:
     return statuses
 
 
+def default_precision(bundle: Bundle, backend: str) -> str:
+    """The precision a command runs when the user names none: the engine's for TensorRT, else FP32.
+
+    An engine has exactly one precision (its FP16 graph's), so `eval` / `index` with
+    `--backend tensorrt` must key caches and reports by it, not by the FP32 default of ONNX Runtime.
+    """
+    if backend == "tensorrt" and bundle.has_engine("text"):
+        return str(bundle.engine_entry("text").get("precision", "fp16"))
+    return "fp32"
+
+
 def create_backend(bundle: Bundle | str | os.PathLike, graph: str, backend: str = "ort-cpu",
                    precision: str | None = None, threads: int | None = None) -> Backend:
     """A backend for one graph of a bundle (not loaded yet; `with` it or call load()).

@@ -152,7 +152,7 @@ def evaluate(
     annotations,
     videos_dir,
     backend: str = "ort-cpu",
-    precision: str = "fp32",
+    precision: Optional[str] = None,
     out_dir=DEFAULT_OUT,
     cache_dir=None,
     skip_bad: bool = False,
@@ -193,6 +193,7 @@ def evaluate(
     Raises:
         AnnotationError, BundleError, VideoDecodeError (without ``skip_bad``), ValueError.
     """
+    from .backends import default_precision
     from .bundle import open_bundle
     from .encoder import BundleEncoder
 
@@ -206,6 +207,7 @@ def evaluate(
     t0 = time.perf_counter()
     bundle = open_bundle(bundle_dir)
     timing["open_bundle"] = time.perf_counter() - t0
+    precision = precision or default_precision(bundle, backend)
     cache = None
     if cache_dir is not False:
         cache = EmbeddingCache(default_cache_dir() if cache_dir is None else cache_dir, bundle.sha256, backend,
@@ -495,7 +497,8 @@ def summary_text(data: dict[str, Any]) -> str:
 @click.option("--videos", "videos_dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="Folder of {video_id}.mp4 files.")
 @click.option("--backend", default="ort-cpu", show_default=True, help="Inference backend (ort-cpu, ort-cuda, tensorrt).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default=None,
+              help="Graph precision for ONNX Runtime (default fp32); TensorRT runs its engine's precision.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=str(DEFAULT_OUT), show_default=True,
               help="Report folder (JSON + Markdown + PNG).")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None,

@@ -141,7 +141,7 @@ def build_index(
     videos_dir,
     out,
     backend: str = "ort-cpu",
-    precision: str = "fp32",
+    precision: Optional[str] = None,
     skip_bad: bool = False,
     batch_size: int = 16,
     *,
@@ -157,6 +157,7 @@ def build_index(
     which also means an interrupted build starts over). ``chunk_size``: videos encoded between
     two cache writes (default ``max(2 * batch_size, 16)``). ``workers``: video decoding threads.
     """
+    from .backends import default_precision
     from .bundle import open_bundle
     from .encoder import BundleEncoder
 
@@ -168,6 +169,7 @@ def build_index(
     if not files:
         raise VideoIndexError(f"{videos_dir}: no video files (looked for {', '.join(datasets.VIDEO_EXTENSIONS)})")
     bundle = open_bundle(bundle_dir)
+    precision = precision or default_precision(bundle, backend)
     cache = None
     if cache_dir is not False:
         cache = EmbeddingCache(default_cache_dir() if cache_dir is None else cache_dir, bundle.sha256, backend,
@@ -290,7 +292,8 @@ def _click_errors(action):
               help="Folder of video files; the file name without extension is the video id.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Index directory to write.")
 @click.option("--backend", default="ort-cpu", show_default=True, help="Inference backend (ort-cpu, ort-cuda, tensorrt).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default=None,
+              help="Graph precision for ONNX Runtime (default fp32); TensorRT runs its engine's precision.")
 @click.option("--dtype", type=click.Choice(DTYPES), default="float16", show_default=True,
               help="Storage type of frame embeddings (float16 halves the index; rankings barely move).")
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable videos (listed in index.json) instead of stopping.")

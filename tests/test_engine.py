@@ -98,6 +98,14 @@ def test_manifest_records_the_build(bundle, tmp_path, monkeypatch):
     assert video["built_from"] == "video.fp16.onnx" and video["workspace_mb"] == 512
     from runtime.files import sha256_file
     assert video["sha256"] == sha256_file(copy / "video.plan")
+    # the recorded precision is one every consumer knows (parity row, bundle lookup, bench peaks)
+    from runtime.bundle import open_bundle
+    from runtime.parity import THRESHOLDS
+
+    for entry in manifest["engines"].values():
+        assert entry["precision"] == "fp16" and entry["precision"] in THRESHOLDS
+        assert entry["typing"] == "strongly typed from the FP16 graph"
+    assert open_bundle(copy).engine_entry("video")["precision"] == "fp16"
 
 
 @pytest.mark.trt
@@ -109,3 +117,57 @@ def test_real_engine_build(bundle, tmp_path):
     shutil.copytree(bundle, copy)
     entries = engine.build_engines(copy, parse_batch_profiles(["1,2,4"]), progress=False)
     assert (copy / "text.plan").stat().st_size > 0 and entries["video"]["profile"]["max"] == 4
+
+
+def _with_fake_engines(bundle, tmp_path, monkeypatch):
+    copy = tmp_path / "built"
+    shutil.copytree(bundle, copy)
+    monkeypatch.setattr(engine, "import_tensorrt", lambda: types.SimpleNamespace(__version__="10.9.0.34"))
+    monkeypatch.setattr(engine, "gpu_facts", lambda: {"name": "NVIDIA H100", "compute_capability": "9.0"})
+    monkeypatch.setattr(engine, "build_engine", lambda onnx_path, entry, profile, plan_path, *a: plan_path.write_bytes(b"plan"))
+    engine.build_engines(copy, progress=False)
+    return copy
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_eval_and_index_run_the_engines_precision_with_tensorrt(bundle, tmp_path, monkeypatch):
+    """`--backend tensorrt` without --precision means the engine's fp16, not the ORT default fp32."""
+    import runtime.encoder
+    from runtime.eval import evaluate
+    from runtime.index import build_index
+    from test_eval import write_1ka_csv, write_clip
+
+    copy = _with_fake_engines(bundle, tmp_path, monkeypatch)
+    seen = []
+
+    class Recorder:
+        def __init__(self, bundle, backend="ort-cpu", precision=None, **kwargs):
+            seen.append((backend, precision))
+            raise _Stop
+
+    monkeypatch.setattr(runtime.encoder, "BundleEncoder", Recorder)
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    write_clip(videos / "video0.mp4", (200, 30, 30), 1.0)
+    with pytest.raises(_Stop):
+        build_index(copy, videos, tmp_path / "index", backend="tensorrt", cache_dir=False, progress=False)
+    csv_path = write_1ka_csv(tmp_path / "test.csv", n=1)
+    with pytest.raises(_Stop):
+        evaluate(copy, csv_path, videos, backend="tensorrt", cache_dir=False, progress=False, write=False)
+    with pytest.raises(_Stop):
+        build_index(copy, videos, tmp_path / "index", cache_dir=False, progress=False)
+    assert seen == [("tensorrt", "fp16"), ("tensorrt", "fp16"), ("ort-cpu", "fp32")]
+
+
+def test_an_engine_entry_with_an_unknown_precision_is_a_clear_bundle_error(bundle, tmp_path, monkeypatch):
+    from runtime.bundle import BundleError, open_bundle
+
+    copy = _with_fake_engines(bundle, tmp_path, monkeypatch)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["engines"]["text"]["precision"] = "fp16 (strongly typed from the FP16 graph)"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="engines.text.precision.*rebuild it with `ts2net engine`"):
+        open_bundle(copy)
