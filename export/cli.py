@@ -49,7 +49,7 @@ def export_command(checkpoint, clip, bpe, out, max_frames, max_words, frame_mask
 @click.option("--batch", "batch_specs", multiple=True, metavar="[GRAPH=]MIN,OPT,MAX",
               help="Optimization profile batch sizes, for both graphs or per graph (text=1,16,64). Repeatable.")
 @click.option("--workspace", "workspace_mb", type=int, help="Workspace memory pool limit in MB.")
-@click.option("--timing-cache", type=click.Path(path_type=Path), help="Timing cache file (default: BUNDLE/timing.cache).")
+@click.option("--timing-cache", type=click.Path(path_type=Path), help="Timing cache file (default: ~/.cache/ts2net-deploy/tensorrt/timing-trt<version>-sm<cc>.cache, outside the bundle).")
 @click.option("--opt-level", "optimization_level", type=click.IntRange(0, 5), help="Builder optimization level.")
 def engine_command(bundle, batch_specs, workspace_mb, timing_cache, optimization_level):
     """Build strongly typed TensorRT engines from the bundle's FP16 graphs."""

@@ -243,8 +243,8 @@ def test_tensorrt_backend_plumbing_with_a_stand_in_runner(bundle_dir, tmp_path, 
     fake_polygraphy.TrtRunner = StandInTrtRunner
     monkeypatch.setitem(sys.modules, "tensorrt", fake_trt)
     monkeypatch.setitem(sys.modules, "polygraphy.backend.trt", fake_polygraphy)
-    monkeypatch.setattr(runtime.reports, "gpus", lambda: ({"name": "NVIDIA H100 80GB HBM3",
-                                                            "compute_capability": "9.0"},))
+    monkeypatch.setattr(runtime.reports, "cuda_device_zero", lambda: {"name": "NVIDIA H100 80GB HBM3",
+                                                                       "compute_capability": "9.0"})
     bundle = open_bundle(copy)
     assert {s.name: s.available for s in available_backends(bundle)}["tensorrt"]
     ref = bundle.reference()
