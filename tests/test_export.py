@@ -176,6 +176,34 @@ def test_checker_rejects_bad_graphs_naming_nodes():
                                       ], opset=16, initializers=[_k()]))
 
 
+@pytest.mark.parametrize("op, n_inputs", [("BitShift", 2), ("Compress", 2), ("ConcatFromSequence", 1),
+                                          ("DynamicQuantizeLinear", 1), ("STFT", 2), ("Unique", 1)])
+def test_checker_rejects_ops_the_tensorrt_parser_does_not_import(op, n_inputs):
+    """The "N" rows of the onnx-tensorrt matrix (TensorRT 10.1) that an older list accepted."""
+    model = _graph([helper.make_node(op, ["x"] * n_inputs, ["y"], name="n")], opset=20)
+    assert any(f"node n ({op}): op type not supported by the TensorRT ONNX parser" in p for p in check_graph(model))
+
+
+def test_checker_accepts_castlike_and_follows_a_named_parser_matrix():
+    from export.checker import TRT_PARSER_MATRIX, TRT_SUPPORTED_OPS
+
+    model = _graph([helper.make_node("CastLike", ["x", "x"], ["y"], name="cl")])
+    assert check_graph(model) == []
+    assert "TensorRT 10.1" in TRT_PARSER_MATRIX and {"CastLike", "Scan", "LayerNormalization"} <= TRT_SUPPORTED_OPS
+
+
+@pytest.mark.parametrize("k, ok", [(3, True), (3839, True), (3840, False), (5000, False)])
+def test_checker_requires_topk_k_below_3840(k, ok):
+    init = helper.make_tensor("k", TensorProto.INT64, [1], [k])
+    model = _graph([helper.make_node("TopK", ["x", "k"], ["y", "i"], name="sel", sorted=1)], initializers=[init])
+    problems = check_graph(model)
+    assert (problems == []) if ok else any(f"node sel (TopK): K = {k}; the TensorRT parser needs K < 3840" in p
+                                           for p in problems)
+    as_node = _graph([helper.make_node("Constant", [], ["k"], name="kc", value=init),
+                      helper.make_node("TopK", ["x", "k"], ["y", "i"], name="sel", sorted=1)])
+    assert (check_graph(as_node) == []) == ok
+
+
 def test_large_graphs_use_external_data(tmp_path, monkeypatch, tiny_bundle):
     import onnxruntime as ort
 
