@@ -102,6 +102,29 @@ def load_source(checkpoint: str | Path | None, clip: str | Path | None, override
     return model, source, tokenizer
 
 
+def non_finite_weights(model: TS2Net) -> list[str]:
+    """Names (with counts) of the model's floating tensors holding NaN or infinity.
+
+    One NaN weight makes every output NaN, and NaN passes every `figure < limit` check, so it must
+    be caught at the source, naming the tensor, before anything is exported.
+    """
+    bad = []
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point():
+            count = int((~torch.isfinite(tensor)).sum())
+            if count:
+                bad.append(f"{name} ({count} of {tensor.numel()} values)")
+    return bad
+
+
+def require_finite_weights(model: TS2Net, label: str) -> None:
+    bad = non_finite_weights(model)
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more tensors" if len(bad) > 5 else "")
+        raise ValueError(f"{label}: non-finite weights (NaN/inf) in {shown}; "
+                         "the checkpoint is corrupt (re-save it from training, or restore a good copy)")
+
+
 def resolve_tokenizer(model: TS2Net, bpe: str | Path | None, beside: Path | None) -> ClipTokenizer:
     """--bpe, else a tokenizer.json shipped with the checkpoint, else CLIP's vocabulary."""
     if bpe is not None:
@@ -156,6 +179,7 @@ def export_bundle(out: str | Path, checkpoint: str | Path | None = None, clip: s
         return value
 
     model, source, beside = step("load model", lambda: load_source(checkpoint, clip, overrides))
+    require_finite_weights(model, str(checkpoint or clip or source["name"]))
     cfg = model.cfg
     specs = graph_specs(cfg)
     tokenizer = step("tokenizer", lambda: resolve_tokenizer(model, bpe, beside))

@@ -36,7 +36,7 @@ import numpy as np
 
 from . import datasets
 from .embedding_cache import EmbeddingCache, default_cache_dir, encode_texts_cached, encode_videos_cached
-from .frame_similarity import dsl_rescale, similarity
+from .frame_similarity import dsl_rescale, require_finite_scores, similarity
 from .metrics import V2T_CANDIDATES, metrics_from_ranks, ranks, v2t_ranks
 
 log = logging.getLogger(__name__)
@@ -234,6 +234,10 @@ def evaluate(
 
     t0 = time.perf_counter()
     sim = similarity(text_embeds, videos.frame_embeds, videos.frame_mask, **bundle.similarity_args)
+    require_finite_scores(sim, text_embeds, videos.frame_embeds, text_labels=rs.texts, video_labels=rs.video_ids,
+                          text_source=f"text graph of {bundle.path} on {backend} {precision}",
+                          video_source=f"video graph of {bundle.path} on {backend} {precision}, or the embedding "
+                                       f"cache {cache.dir if cache else '(none)'}")
     timing["similarity"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -44,7 +44,7 @@ import numpy as np
 from . import datasets
 from .embedding_cache import (EmbeddingCache, VideoEmbedding, atomic_save_npy, atomic_write_bytes,
                               default_cache_dir, encode_videos_cached)
-from .frame_similarity import similarity
+from .frame_similarity import require_finite_scores, similarity
 from .video import preprocessing_identity
 
 log = logging.getLogger(__name__)
@@ -259,6 +259,9 @@ def search_index(index: VideoIndex, queries: Sequence[str], k: int = 10, *, bund
     with BundleEncoder(bundle, backend=backend, precision=index.meta["precision"], batch_size=batch_size) as enc:
         text = np.asarray(enc.encode_texts(list(queries)), np.float32)
     sim = similarity(text, index.frame_embeds, index.frame_mask, **index.similarity_args)
+    require_finite_scores(sim, text, index.frame_embeds, text_labels=list(queries), video_labels=index.video_ids,
+                          text_source=f"text graph of {path} on {backend}",
+                          video_source=f"stored in the index {index.path}")
     results = []
     ids = index.video_ids
     for q, row in zip(queries, sim):
@@ -333,7 +336,7 @@ def search_command(index_dir, queries, k, bundle_dir, backend, as_json):
 
     results = _click_errors(run)
     if as_json:
-        click.echo(json.dumps(results, indent=1))  # always a list, one entry per query
+        click.echo(json.dumps(results, indent=1, allow_nan=False))  # always a list, one entry per query
         return
     for i, entry in enumerate(results):
         if i:

@@ -363,3 +363,24 @@ def test_eval_cli_prints_metrics_and_writes_reports(bundle_dir, dataset, tmp_pat
     sim = independent_similarity(bundle_dir, [caption(i) for i in range(6)], [videos / f"video{i}.mp4" for i in range(6)])
     np.testing.assert_allclose(np.load(next(out.glob("*-sim.npy"))), sim, rtol=1e-5, atol=1e-5)
     assert [q["t2v_top1"] for q in report["queries"]] == [f"video{i}" for i in sim.argmax(axis=1)]
+
+
+def test_eval_refuses_non_finite_scores_naming_their_source(bundle_dir, dataset, tmp_path, monkeypatch):
+    from runtime.cli import main
+    from runtime.encoder import BundleEncoder
+
+    _, csv_path, videos = dataset
+    real = BundleEncoder.encode_texts
+
+    def one_nan(self, texts, *args, **kwargs):
+        out = np.array(real(self, texts, *args, **kwargs))
+        out[texts.index(caption(4))] = np.nan
+        return out
+
+    monkeypatch.setattr(BundleEncoder, "encode_texts", one_nan)
+    result = CliRunner().invoke(main, ["eval", "--bundle", str(bundle_dir), "--csv", str(csv_path), "--videos",
+                                       str(videos), "--no-cache", "--out", str(tmp_path / "r"), "--no-progress"])
+    assert result.exit_code == 1, result.output
+    assert "similarity scores are NaN or infinite" in result.output
+    assert f"the text embeddings of {caption(4)!r} are non-finite (text graph of" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "r").exists()

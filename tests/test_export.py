@@ -247,3 +247,42 @@ def test_meanp_baseline_exports_and_validates(tmp_path):
     ref = np.load(tmp_path / "b" / "reference.npz", allow_pickle=False)
     frames = ref["frame_embeds"]
     assert np.allclose(frames, frames[:, :1], atol=1e-6)   # one video embedding, repeated per frame
+
+
+def _nan_checkpoint(tmp_path):
+    import ts2net
+    from factories import tiny_config
+
+    model = random_model(tiny_config())
+    with torch.no_grad():
+        model.clip.ln_final.bias[0] = float("nan")
+    return ts2net.save_model(model, tmp_path / "nan-ckpt")
+
+
+def test_a_nan_weight_fails_export_naming_the_tensor(tmp_path):
+    ckpt = _nan_checkpoint(tmp_path)
+    result = CliRunner().invoke(cli, ["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "b")])
+    assert result.exit_code == 1, result.output
+    assert "non-finite weights (NaN/inf) in clip.ln_final.bias (1 of" in result.output
+    assert "Traceback" not in result.output and "PASS" not in result.output
+    assert not (tmp_path / "b" / "manifest.json").exists()
+
+
+def test_non_finite_outputs_fail_parity_naming_the_output():
+    """NaN compares false with every limit: it must be a failure of its own, not a pass."""
+    from runtime.parity import compare_outputs
+
+    rng = np.random.default_rng(0)
+    ref = {"text_embeds": rng.normal(size=(3, 8)).astype(np.float32),
+           "frame_embeds": rng.normal(size=(3, 4, 8)).astype(np.float32), "frame_mask": np.ones((3, 4), np.int64)}
+    args = dict(logit_scale=100.0, frame_mask_mode="fixed", tokens_per_frame=4)
+    assert compare_outputs(ref, dict(ref), "fp32", **args).passed
+    produced = {**ref, "text_embeds": ref["text_embeds"].copy()}
+    produced["text_embeds"][1, 2] = np.nan
+    for precision in ("fp32", "fp16"):
+        result = compare_outputs(ref, produced, precision, **args)
+        assert not result.passed
+        assert "produced text_embeds: 1 non-finite values (NaN/inf), first at index (1, 2)" in result.failures
+    bad_ref = {**ref, "frame_embeds": np.full_like(ref["frame_embeds"], np.inf)}
+    result = compare_outputs(bad_ref, bad_ref, "fp16", **args)
+    assert any(f.startswith("reference frame_embeds: 96 non-finite") for f in result.failures)

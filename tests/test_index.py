@@ -170,3 +170,18 @@ def test_new_decoding_or_preprocessing_code_reencodes_instead_of_serving_old_emb
     monkeypatch.setattr(rv, "PREPROCESSING_RULES_VERSION", rv.PREPROCESSING_RULES_VERSION + 1)
     meta = build_index(bundle_dir, videos, tmp_path / "index3", cache_dir=cache, progress=False)
     assert (meta["build"]["encoded"], meta["build"]["from_cache"]) == (6, 0)
+
+
+def test_search_refuses_non_finite_scores_naming_the_videos(bundle_dir, videos, tmp_path):
+    index_dir = tmp_path / "index"
+    build_index(bundle_dir, videos, index_dir, cache_dir=False, progress=False, dtype="float32")
+    meta = json.loads((index_dir / "index.json").read_text())
+    embeds = np.load(index_dir / meta["arrays"]["frame_embeds"], mmap_mode="r+")
+    embeds[3, 0, 0] = np.nan                                     # one corrupt value in video3
+    embeds.flush()
+    del embeds
+    for extra in ([], ["--json"]):
+        result = CliRunner().invoke(main, ["search", str(index_dir), caption(2), *extra])
+        assert result.exit_code == 1, result.output
+        assert "the frame embeddings of 'video3' are non-finite (stored in the index" in result.output
+        assert "NaN," not in result.output and "Traceback" not in result.output
