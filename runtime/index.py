@@ -13,8 +13,11 @@ Index directory layout (``index.json`` is the commit point, written last and ato
     frame_mask.<gen>.npy          [N, T] uint8 (1 real frame, 0 padding)
 
 The arrays carry a generation tag in their names, so a rebuild writes new files next to the
-old ones, then switches ``index.json`` to them in one ``os.replace``, then deletes the old ones:
-a crash at any point leaves a consistent index (the old or the new).
+old ones, then switches ``index.json`` to them in one ``os.replace``, then deletes the generation
+it replaced (only that one): a crash at any point leaves a consistent index (the old or the new).
+A build holds an exclusive ``flock`` on ``.index.lock`` in the directory from start to end, so a
+second ``ts2net index`` on the same ``--out`` stops at once with "another `ts2net index` holds the
+lock" instead of interleaving writes (two unlocked builds used to delete each other's arrays).
 
 Resuming: a rebuild hashes every video file and takes its embedding, in this order, from the
 existing index (same bundle, backend, precision, preprocessing identity, i.e. our decode and
@@ -42,6 +45,7 @@ import click
 import numpy as np
 
 from . import datasets
+from .files import LockHeldError, directory_lock
 from .embedding_cache import (EmbeddingCache, VideoEmbedding, atomic_save_npy, atomic_write_bytes,
                               default_cache_dir, encode_videos_cached)
 from .frame_similarity import require_finite_scores, similarity
@@ -55,6 +59,7 @@ __all__ = ["INDEX_FORMAT", "VideoIndexError", "VideoIndex", "open_index", "build
 INDEX_FORMAT = "ts2net-index"
 INDEX_VERSION = 1
 INDEX_FILE = "index.json"
+LOCK_FILE = ".index.lock"  # held (flock) by the building process
 DTYPES = ("float16", "float32")
 
 
@@ -156,15 +161,29 @@ def build_index(
     ``cache_dir``: embedding cache root (``None`` = default location, ``False`` = no cache,
     which also means an interrupted build starts over). ``chunk_size``: videos encoded between
     two cache writes (default ``max(2 * batch_size, 16)``). ``workers``: video decoding threads.
+    Raises VideoIndexError when another process is building into ``out``.
     """
-    from .backends import default_precision
-    from .bundle import open_bundle
-    from .encoder import BundleEncoder
-
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     start = time.perf_counter()
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise VideoIndexError(f"--out {out} is a file; an index is a directory (pick another path)")
+    try:
+        with directory_lock(out, "ts2net index", LOCK_FILE):
+            return _build_locked(bundle_dir, videos_dir, out, backend, precision, skip_bad, batch_size, cache_dir,
+                                 dtype, progress, chunk_size, workers, start)
+    except LockHeldError as exc:
+        raise VideoIndexError(str(exc)) from exc
+
+
+def _build_locked(bundle_dir, videos_dir, out: Path, backend, precision, skip_bad, batch_size, cache_dir, dtype,
+                  progress, chunk_size, workers, start) -> dict[str, Any]:
+    """build_index's work, run while this process holds the index directory's lock."""
+    from .backends import default_precision
+    from .bundle import open_bundle
+    from .encoder import BundleEncoder
+
     files = datasets.list_video_files(videos_dir)
     if not files:
         raise VideoIndexError(f"{videos_dir}: no video files (looked for {', '.join(datasets.VIDEO_EXTENSIONS)})")
@@ -219,9 +238,11 @@ def build_index(
                   "cache_dir": str(cache.dir) if cache else None},
     }
     atomic_write_bytes(out / INDEX_FILE, (json.dumps(meta, indent=1) + "\n").encode())
-    for stale in list(out.glob("frame_embeds.*.npy")) + list(out.glob("frame_mask.*.npy")):
-        if stale.name not in arrays.values():
-            stale.unlink(missing_ok=True)
+    # delete only the generation this build replaced (never files this process did not supersede)
+    replaced = (previous or {}).get("arrays") if isinstance((previous or {}).get("arrays"), dict) else {}
+    for name in replaced.values():
+        if isinstance(name, str) and name not in arrays.values() and "/" not in name:
+            (out / name).unlink(missing_ok=True)
     return meta
 
 

@@ -116,7 +116,8 @@ def test_index_resumes_and_reencodes_only_new_or_changed_videos(bundle_dir, vide
     meta = build_index(bundle_dir, videos, index_dir, cache_dir=False, progress=False)
     assert spy.videos == ["video1.mp4"]
     assert [v["id"] for v in meta["videos"]] == [f"video{i}" for i in range(1, 6)]
-    assert sorted(p.name for p in index_dir.iterdir()) == sorted(["index.json", *meta["arrays"].values()])
+    assert sorted(p.name for p in index_dir.iterdir()) == sorted([".index.lock", "index.json",
+                                                                  *meta["arrays"].values()])
     index = open_index(index_dir)
     assert index.frame_embeds.shape[:2] == (5, 12) and index.frame_embeds.dtype == np.float16
     sim = independent_similarity(bundle_dir, ["x"], [videos / "video1.mp4"])
@@ -185,3 +186,33 @@ def test_search_refuses_non_finite_scores_naming_the_videos(bundle_dir, videos, 
         assert result.exit_code == 1, result.output
         assert "the frame embeddings of 'video3' are non-finite (stored in the index" in result.output
         assert "NaN," not in result.output and "Traceback" not in result.output
+
+
+
+def test_a_second_build_on_the_same_out_is_locked_out(bundle_dir, videos, tmp_path):
+    import fcntl
+
+    index_dir = tmp_path / "index"
+    good = build_index(bundle_dir, videos, index_dir, cache_dir=False, progress=False)
+    with open(index_dir / ".index.lock", "a+b") as held:        # another build in progress
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(VideoIndexError, match=f"another `ts2net index` holds the lock on {index_dir}"):
+            build_index(bundle_dir, videos, index_dir, cache_dir=False, progress=False)
+        result = CliRunner().invoke(main, ["index", "--bundle", str(bundle_dir), "--videos", str(videos), "--out",
+                                           str(index_dir), "--no-cache", "--no-progress"])
+        assert result.exit_code == 1 and "another `ts2net index` holds the lock" in result.output
+    assert open_index(index_dir).meta["arrays"] == good["arrays"]   # untouched, still whole
+    build_index(bundle_dir, videos, index_dir, cache_dir=False, progress=False)  # released: builds again
+
+
+def test_a_build_deletes_only_the_generation_it_replaced(bundle_dir, videos, tmp_path):
+    index_dir = tmp_path / "index"
+    first = build_index(bundle_dir, videos, index_dir, cache_dir=False, progress=False)
+    # arrays some other writer left (or is writing) that this build did not supersede
+    foreign = [index_dir / "frame_embeds.other-gen.npy", index_dir / "frame_mask.other-gen.npy"]
+    for path in foreign:
+        path.write_bytes(b"not ours")
+    second = build_index(bundle_dir, videos, index_dir, cache_dir=False, progress=False)
+    assert all(path.exists() for path in foreign)
+    assert not any((index_dir / name).exists() for name in first["arrays"].values())
+    assert all((index_dir / name).exists() for name in second["arrays"].values())
