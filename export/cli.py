@@ -18,9 +18,10 @@ FRAME_MASK_CHOICE = click.Choice(["official", "fixed"])
               help="OpenAI CLIP archive (ViT-B-32.pt): exports a TS2-Net initialised from it when no --checkpoint.")
 @click.option("--bpe", type=click.Path(exists=True, path_type=Path),
               help="Tokenizer: CLIP's bpe_simple_vocab_16e6.txt.gz or a tokenizer.json (default: found automatically).")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Bundle directory to write.")
-@click.option("--max-frames", type=int, help="Override max_frames (frames per video).")
-@click.option("--max-words", type=int, help="Override max_words (text length).")
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Bundle directory to write (an existing bundle is replaced only once the new one is complete).")
+@click.option("--max-frames", type=click.IntRange(min=1), help="Override max_frames (frames per video, >= 1).")
+@click.option("--max-words", type=click.IntRange(min=3), help="Override max_words (text length with SOT and EOT, >= 3).")
 @click.option("--frame-mask", "frame_mask_mode", type=FRAME_MASK_CHOICE,
               help="Frame mask mode (default: official for official checkpoints, fixed otherwise).")
 @click.option("--opset", type=click.IntRange(17, 20), default=17, show_default=True)

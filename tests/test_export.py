@@ -286,3 +286,106 @@ def test_non_finite_outputs_fail_parity_naming_the_output():
     bad_ref = {**ref, "frame_embeds": np.full_like(ref["frame_embeds"], np.inf)}
     result = compare_outputs(bad_ref, bad_ref, "fp16", **args)
     assert any(f.startswith("reference frame_embeds: 96 non-finite") for f in result.failures)
+
+
+# ---------------------------------------------------------------- re-export safety (item 13)
+
+def _fingerprint(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.fixture()
+def existing_bundle(tiny_bundle, tmp_path):
+    import shutil
+
+    out = tmp_path / "existing_bundle"
+    shutil.copytree(tiny_bundle.bundle, out)
+    return out
+
+
+def test_a_failed_reexport_leaves_the_existing_bundle_intact(existing_bundle, monkeypatch):
+    from runtime.bundle import open_bundle
+
+    before = _fingerprint(existing_bundle)
+    real = bundle_mod.run_onnx
+
+    def corrupted(path, inputs):
+        out = real(path, inputs)
+        if "text_embeds" in out:
+            out["text_embeds"] = out["text_embeds"] + 1e-2
+        return out
+
+    monkeypatch.setattr(bundle_mod, "run_onnx", corrupted)
+    result = CliRunner().invoke(cli, ["export", "--out", str(existing_bundle), "--max-frames", "4"])
+    assert result.exit_code == 1 and "the previous bundle at" in result.output and "is unchanged" in result.output
+    assert _fingerprint(existing_bundle) == before
+    assert open_bundle(existing_bundle).valid
+    rejected = existing_bundle.with_name("existing_bundle.rejected")
+    assert json.loads((rejected / "manifest.json").read_text())["valid"] is False
+    assert not [p.name for p in existing_bundle.parent.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("failure", [KeyboardInterrupt, RuntimeError])
+def test_an_interrupted_reexport_leaves_the_existing_bundle_intact(existing_bundle, monkeypatch, failure):
+    before = _fingerprint(existing_bundle)
+    real = bundle_mod.export_graph
+    calls = []
+
+    def dies_on_the_video_graph(model, spec, opset):
+        calls.append(spec)
+        if len(calls) == 2:
+            raise failure("interrupted")
+        return real(model, spec, opset)
+
+    monkeypatch.setattr(bundle_mod, "export_graph", dies_on_the_video_graph)
+    with pytest.raises(failure):
+        export_bundle(existing_bundle, progress=False, max_frames=4)
+    assert _fingerprint(existing_bundle) == before
+    assert not [p.name for p in existing_bundle.parent.iterdir() if p.name.startswith(".")]  # no staging left
+
+
+def test_a_successful_reexport_replaces_the_bundle_whole(existing_bundle):
+    result = export_bundle(existing_bundle, progress=False, max_frames=4)
+    assert result.bundle == existing_bundle
+    manifest = json.loads((existing_bundle / "manifest.json").read_text())
+    assert manifest["valid"] and manifest["model"]["max_frames"] == 4
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    assert existing_bundle.stat().st_mode & 0o777 == 0o777 & ~umask   # not mkdtemp's 0700
+    assert not [p.name for p in existing_bundle.parent.iterdir() if p.name.startswith(".")]
+
+
+# ---------------------------------------------------------------- ordinary mistakes (item 16, export)
+
+def test_export_out_that_is_a_file_or_a_foreign_folder_is_refused(tmp_path):
+    some_file = tmp_path / "some_file"
+    some_file.write_text("keep me")
+    result = CliRunner().invoke(cli, ["export", "--out", str(some_file)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip().splitlines()[-1] == (f"Error: --out {some_file} exists and is a file; a bundle is a "
+                                                     "directory: pick another path (or remove the file)")
+    assert some_file.read_text() == "keep me"
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "holiday.jpg").write_bytes(b"jpeg")
+    result = CliRunner().invoke(cli, ["export", "--out", str(folder)])
+    assert result.exit_code == 1 and "non-empty directory without manifest.json (not a bundle)" in result.output
+    assert (folder / "holiday.jpg").read_bytes() == b"jpeg"
+
+
+@pytest.mark.parametrize("value", ["0", "-3"])
+def test_export_max_frames_below_one_is_a_usage_error(tmp_path, value):
+    result = CliRunner().invoke(cli, ["export", "--out", str(tmp_path / "b"), "--max-frames", value])
+    assert result.exit_code == 2 and "Invalid value for '--max-frames'" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "b").exists()
+    with pytest.raises(ValueError, match=f"max_frames={value} must be >= 1"):
+        export_bundle(tmp_path / "b", progress=False, max_frames=int(value))
+    assert not (tmp_path / "b").exists() and not list(tmp_path.iterdir())
+
+
+def test_export_supports_one_frame_per_video(tmp_path):
+    result = export_bundle(tmp_path / "one", progress=False, max_frames=1)
+    assert result.manifest["valid"] and result.manifest["model"]["max_frames"] == 1
+    assert np.load(tmp_path / "one" / "reference.npz")["frame_mask"].tolist() == [[1]] * 6
