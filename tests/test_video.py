@@ -516,3 +516,52 @@ def test_preprocessing_identity_names_rules_and_pixel_libraries(monkeypatch):
     before = rv.preprocessing_id()
     monkeypatch.setattr(av, "library_versions", {**av.library_versions, "libavcodec": (1, 2, 3)})
     assert rv.preprocessing_id() != before
+
+
+# ---------------------------------------------------------------- truncated files (item 14)
+
+@pytest.mark.skipif(H264 is None, reason="needs libx264")
+def test_no_cut_point_of_a_faststart_mp4_passes_as_a_shorter_clip(tmp_path):
+    """Index at the front: some cuts decode without any error; the stated count must catch them."""
+    full = tmp_path / "full.mp4"
+    container = av.open(str(full), "w", options={"movflags": "faststart"})
+    stream = container.add_stream("libx264", rate=30)
+    stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
+    for i in range(150):
+        for packet in stream.encode(av.VideoFrame.from_ndarray(frame_image(i, 160, 120), format="rgb24")):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+    data = full.read_bytes()
+    silent = []
+    for percent in range(20, 100):
+        cut = tmp_path / f"cut{percent}.mp4"
+        cut.write_bytes(data[: len(data) * percent // 100])
+        try:
+            _, count = rv._decode(str(cut), set())
+        except VideoDecodeError:
+            pass
+        else:
+            silent.append((cut, count))
+        with pytest.raises(VideoDecodeError) as info:     # every cut is refused, one way or the other
+            load_video(cut)
+        assert str(cut) in str(info.value)
+    for cut, count in silent:                              # those that decode quietly: named by the count
+        with pytest.raises(VideoDecodeError, match=f"the container states 150 frames but only {count} decode"):
+            load_video(cut)
+
+
+@pytest.mark.skipif(H264 is None or not __import__("shutil").which("ffmpeg"), reason="needs libx264 and ffmpeg")
+def test_stream_copied_cuts_with_edit_lists_are_accepted(tmp_path):
+    """The evidence for check_frame_count: an edit list drops pre-roll frames nb_frames still counts."""
+    src = write_video(tmp_path / "src.mp4", 300, 30, 160, 120, H264)
+    for start in ("1.3", "2.5", "4.1"):
+        cut = tmp_path / f"cut{start}.mp4"
+        subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-ss", start, "-i", str(src), "-c", "copy", str(cut)],
+                       check=True)
+        info = probe_video(cut)
+        _, count = rv._decode(str(cut), set())
+        assert count <= info.frame_count and abs(count - info.duration_frames) <= rv.FRAME_COUNT_TOLERANCE
+        frames, mask = load_video(cut)                     # accepted
+        assert mask.sum() == len(sample_frame_numbers(count, info.fps, 12))
