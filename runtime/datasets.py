@@ -43,6 +43,7 @@ __all__ = [
     "read_annotations",
     "find_video_file",
     "list_video_files",
+    "list_video_entries",
     "read_subsets",
     "default_subsets_path",
     "load_retrieval_set",
@@ -266,19 +267,49 @@ def list_video_files(videos_dir: str | os.PathLike) -> dict[str, Path]:
 
     Sorted by id so an index built twice from the same folder has the same row order. Two files
     with the same id (``a.mp4`` and ``a.avi``) are an error: search results would be ambiguous.
+    Entries with a video extension that are not readable files are left out; see
+    :func:`list_video_entries` for them and the reason.
     """
+    return list_video_entries(videos_dir)[0]
+
+
+def unusable_entry_reason(entry: Path) -> Optional[str]:
+    """Why a directory entry with a video extension cannot be a video file, or None if it can."""
+    if entry.is_symlink():
+        try:
+            entry.resolve(strict=True)
+        except RuntimeError:
+            return "symbolic link loop"
+        except OSError as exc:
+            if getattr(exc, "errno", None) == 40:  # ELOOP
+                return "symbolic link loop"
+            return f"broken symbolic link (target {os.readlink(entry)!r} does not exist)"
+    if entry.is_dir():
+        return "a directory, not a video file"
+    if not entry.is_file():
+        return "not a regular file"
+    return None
+
+
+def list_video_entries(videos_dir: str | os.PathLike) -> tuple[dict[str, Path], list[tuple[str, str]]]:
+    """(video files keyed by id, [(path, reason)] of entries with a video extension that are unusable)."""
     base = Path(videos_dir)
     if not base.is_dir():
         raise AnnotationError(f"{base}: videos folder not found")
     found: dict[str, Path] = {}
+    unusable: list[tuple[str, str]] = []
     for entry in sorted(base.iterdir()):
-        if entry.name.startswith(".") or entry.suffix.lower() not in VIDEO_EXTENSIONS or not entry.is_file():
+        if entry.name.startswith(".") or entry.suffix.lower() not in VIDEO_EXTENSIONS:
+            continue
+        reason = unusable_entry_reason(entry)
+        if reason is not None:
+            unusable.append((str(entry), reason))
             continue
         if entry.stem in found:
             raise AnnotationError(f"{base}: two files have video id {entry.stem!r}: "
                                   f"{found[entry.stem].name} and {entry.name}")
         found[entry.stem] = entry
-    return dict(sorted(found.items()))
+    return dict(sorted(found.items())), unusable
 
 
 def _resolve_videos(annotations: Path, captions: list[Caption], videos_dir: Path,

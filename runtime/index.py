@@ -49,7 +49,7 @@ from .files import LockHeldError, directory_lock
 from .embedding_cache import (EmbeddingCache, VideoEmbedding, atomic_save_npy, atomic_write_bytes,
                               default_cache_dir, encode_videos_cached)
 from .frame_similarity import require_finite_scores, similarity
-from .video import preprocessing_identity
+from .video import VideoDecodeError, preprocessing_identity
 
 log = logging.getLogger(__name__)
 
@@ -184,9 +184,14 @@ def _build_locked(bundle_dir, videos_dir, out: Path, backend, precision, skip_ba
     from .bundle import open_bundle
     from .encoder import BundleEncoder
 
-    files = datasets.list_video_files(videos_dir)
+    files, unusable = datasets.list_video_entries(videos_dir)
+    if unusable and not skip_bad:
+        path, reason = unusable[0]
+        raise VideoDecodeError(path, reason + (f" (and {len(unusable) - 1} more such entries)" if len(unusable) > 1
+                                               else ""))
     if not files:
-        raise VideoIndexError(f"{videos_dir}: no video files (looked for {', '.join(datasets.VIDEO_EXTENSIONS)})")
+        raise VideoIndexError(f"{videos_dir}: no video files (looked for {', '.join(datasets.VIDEO_EXTENSIONS)})"
+                              + (f"; {len(unusable)} unusable entries skipped" if unusable else ""))
     bundle = open_bundle(bundle_dir)
     precision = precision or default_precision(bundle, backend)
     cache = None
@@ -231,7 +236,8 @@ def _build_locked(bundle_dir, videos_dir, out: Path, backend, precision, skip_ba
         "n_videos": len(result.paths),
         "videos": [{"id": id_of[str(p)], "file": Path(p).name, "sha256": s, "frames": int(np.count_nonzero(m))}
                    for p, s, m in zip(result.paths, result.sha256, result.frame_mask)],
-        "skipped": [{"video_id": id_of.get(p), "path": p, "reason": r} for p, r in result.skipped],
+        "skipped": [{"video_id": Path(p).stem, "path": p, "reason": r} for p, r in unusable]
+                   + [{"video_id": id_of.get(p), "path": p, "reason": r} for p, r in result.skipped],
         "arrays": arrays,
         "build": {"encoded": result.n_encoded, "from_cache": result.n_cached, "reused_from_index": result.n_reused,
                   "seconds": round(time.perf_counter() - start, 3),

@@ -118,7 +118,27 @@ def _open(path: str | os.PathLike) -> av.container.InputContainer:
     if not container.streams.video:
         container.close()
         raise VideoDecodeError(p, "no video stream")
+    still = still_image_kind(container)
+    if still:
+        container.close()
+        raise VideoDecodeError(p, f"a still image ({still}), not a video: FFmpeg reads it as a one-frame "
+                                  "stream, which would be indexed and ranked like a video; convert it to a video or "
+                                  "remove it")
     return container
+
+
+def still_image_kind(container) -> str | None:
+    """The image codec when FFmpeg opened a still image (a PNG or JPEG renamed .mp4), else None.
+
+    Images open through FFmpeg's image demuxers (`png_pipe`, `jpeg_pipe`, `webp_pipe`, ...,
+    `image2`) as a 25 fps stream of one frame; a single-frame GIF opens through `gif`. Motion JPEG
+    inside AVI/MOV uses a video container's demuxer and is not affected.
+    """
+    name = container.format.name
+    stream = container.streams.video[0]
+    if name.endswith("_pipe") or name in ("image2", "image2pipe") or (name == "gif" and (stream.frames or 0) <= 1):
+        return stream.codec_context.name
+    return None
 
 
 def _info(container, path: str) -> VideoInfo:

@@ -216,3 +216,29 @@ def test_a_build_deletes_only_the_generation_it_replaced(bundle_dir, videos, tmp
     assert all(path.exists() for path in foreign)
     assert not any((index_dir / name).exists() for name in first["arrays"].values())
     assert all((index_dir / name).exists() for name in second["arrays"].values())
+
+
+def test_non_videos_and_broken_entries_are_refused_or_listed_with_their_reason(bundle_dir, videos, tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (64, 48), (250, 10, 10)).save(videos / "photo.mp4", format="PNG")
+    Image.new("RGB", (64, 48), (10, 250, 10)).save(videos / "snap.mp4", format="JPEG")
+    (videos / "dangling.mp4").symlink_to(tmp_path / "nowhere.mp4")
+    (videos / "loop.mp4").symlink_to(videos / "loop.mp4")
+    (videos / "folder.mp4").mkdir()
+    args = ["index", "--bundle", str(bundle_dir), "--videos", str(videos), "--out", str(tmp_path / "i"),
+            "--no-cache", "--no-progress"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1 and "pass --skip-bad" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(main, args + ["--skip-bad"])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "i" / "index.json").read_text())
+    assert [v["id"] for v in meta["videos"]] == [f"video{i}" for i in range(6)]
+    reasons = {Path(s["path"]).name: s["reason"] for s in meta["skipped"]}
+    assert reasons["dangling.mp4"].startswith("broken symbolic link")
+    assert reasons["loop.mp4"] == "symbolic link loop"
+    assert reasons["folder.mp4"] == "a directory, not a video file"
+    assert "a still image (png), not a video" in reasons["photo.mp4"]
+    assert "a still image (mjpeg), not a video" in reasons["snap.mp4"]
+    for name in reasons:
+        assert f"skipped {videos / name}: " in result.output

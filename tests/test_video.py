@@ -565,3 +565,13 @@ def test_stream_copied_cuts_with_edit_lists_are_accepted(tmp_path):
         assert count <= info.frame_count and abs(count - info.duration_frames) <= rv.FRAME_COUNT_TOLERANCE
         frames, mask = load_video(cut)                     # accepted
         assert mask.sum() == len(sample_frame_numbers(count, info.fps, 12))
+
+
+@pytest.mark.parametrize("fmt, codec", [("PNG", "png"), ("JPEG", "mjpeg"), ("WEBP", "webp"), ("GIF", "gif")])
+def test_still_images_renamed_to_mp4_are_not_videos(tmp_path, fmt, codec):
+    path = tmp_path / f"photo_{fmt.lower()}.mp4"
+    Image.fromarray(frame_image(3, 160, 120)).save(path, format=fmt)
+    err = _assert_decode_error(path, f"a still image ({codec}), not a video")
+    with pytest.raises(VideoDecodeError):
+        probe_video(path)
+    assert "convert it to a video or remove it" in err.reason
