@@ -234,6 +234,57 @@ def tensorrt_matmul_peak(sizes: Sequence[int], dtype: str = "float16") -> dict[s
             "gflops_by_size": per_size, "best_gflops": max(per_size.values())}
 
 
+# ------------------------------------------------------------------------------ memory
+_ITEMSIZE = {"float32": 4, "float16": 2, "int64": 8, "int32": 4, "bool": 1}
+
+
+def batch_memory_bytes(bundle, graph: str, batch: int) -> int:
+    """A lower bound of the memory one `batch` of `graph` needs: its inputs and outputs (from the
+    manifest) plus the widest activations of the tower (tokens x 4 * width floats, the MLP's hidden
+    layer, for input and output of that layer). Enough to refuse a batch that cannot fit long before
+    numpy or the backend fails half way with a MemoryError."""
+    entry = bundle.graph_entry(graph, "fp32")
+    io = 0
+    for tensor in list(entry["inputs"]) + list(entry["outputs"]):
+        n = batch
+        for d in tensor["shape"][1:]:
+            n *= int(d)
+        io += n * _ITEMSIZE.get(tensor["dtype"], 4)
+    model = bundle.model
+    if graph == "video":
+        tokens = model["max_frames"] * ((model["image_size"] // model.get("patch_size", 32)) ** 2 + 1)
+        width = model.get("vision_width", 768)
+    else:
+        tokens, width = model["max_words"], model.get("text_width", 512)
+    activations = 2 * batch * tokens * 4 * width * 4
+    return io + activations
+
+
+def available_memory_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (what can be allocated without swapping), or None."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def check_batch_sizes_fit(bundle, batch_sizes: Sequence[int], available: int | None = None) -> None:
+    """Refuse batch sizes whose estimated memory exceeds what the machine has available."""
+    available = available_memory_bytes() if available is None else available
+    if available is None:
+        return
+    for batch in sorted(batch_sizes, reverse=True):
+        need = max(batch_memory_bytes(bundle, g, batch) for g in ("text", "video"))
+        if need > available:
+            per_item = max(batch_memory_bytes(bundle, g, 1) for g in ("text", "video"))
+            raise ValueError(f"--batch-sizes {batch}: needs about {need / 2**30:.1f} GiB (inputs, outputs and "
+                             f"activations of the video graph), but {available / 2**30:.1f} GiB are available; "
+                             f"use batch sizes up to {max(available // per_item, 1)}")
+
+
 # ------------------------------------------------------------------------------ inputs
 def bench_inputs(bundle, graph: str, batch: int) -> dict[str, np.ndarray]:
     """`batch` rows cycled from the bundle's reference inputs (real token ids, real frame masks)."""
@@ -319,6 +370,7 @@ def run_bench(bundle, backends: Sequence[str] | None = None, precisions: Sequenc
     from .backends import available_backends, create_backend
     from .reports import environment, usable_cores
 
+    check_batch_sizes_fit(bundle, batch_sizes)
     threads = threads or usable_cores()
     load_at_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     status = {s.name: s for s in available_backends(bundle)}
@@ -552,7 +604,7 @@ def bench_command(bundle_dir, backends, precisions, batch_sizes, warmup, iters, 
         bundle = open_bundle(bundle_dir)
         report = run_bench(bundle, backends, precisions, batch_sizes, warmup, iters, threads, use_torch,
                            torch_checkpoint, peak_sizes, progress)
-    except (BundleError, BackendUnavailable) as exc:
+    except (BundleError, BackendUnavailable, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     markdown = render_markdown(report)
     json_path, md_path = write_report(out_dir, "bench", report, markdown)

@@ -63,6 +63,11 @@ LOCK_FILE = ".index.lock"  # held (flock) by the building process
 DTYPES = ("float16", "float32")
 
 
+# index.json keys every reader relies on, and their JSON types
+REQUIRED_KEYS = {"videos": list, "arrays": dict, "bundle": dict, "similarity": dict, "backend": str,
+                 "precision": str, "videos_dir": str}
+
+
 class VideoIndexError(ValueError):
     """An index directory that cannot be used (missing, inconsistent, or built with another bundle)."""
 
@@ -104,12 +109,23 @@ def open_index(path) -> VideoIndex:
     if meta.get("format") != INDEX_FORMAT or meta.get("version") != INDEX_VERSION:
         raise VideoIndexError(f"{meta_path}: not a {INDEX_FORMAT} v{INDEX_VERSION} index "
                           f"(format {meta.get('format')!r}, version {meta.get('version')!r})")
+    rebuild = f"rebuild it with `ts2net index --out {root}`"
+    problems = [f"{key} ({kind.__name__})" for key, kind in REQUIRED_KEYS.items() if not isinstance(meta.get(key), kind)]
+    listed = meta.get("arrays") if isinstance(meta.get("arrays"), dict) else {}
+    problems += [f"arrays.{name} (file name)" for name in ("frame_embeds", "frame_mask")
+                 if not isinstance(listed.get(name), str) or "/" in listed.get(name, "/")]
+    if problems:
+        raise VideoIndexError(f"{meta_path}: missing or malformed {', '.join(problems)}; the file is damaged or "
+                              f"hand-edited: {rebuild}")
     arrays = {}
     for name in ("frame_embeds", "frame_mask"):
-        file = root / meta["arrays"][name]
+        file = root / listed[name]
         if not file.is_file():
-            raise VideoIndexError(f"{root}: {file.name} listed in {INDEX_FILE} is missing (incomplete copy?)")
-        arrays[name] = np.load(file, mmap_mode="r", allow_pickle=False)
+            raise VideoIndexError(f"{root}: {file.name} listed in {INDEX_FILE} is missing (incomplete copy?); {rebuild}")
+        try:
+            arrays[name] = np.load(file, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise VideoIndexError(f"{file}: not a complete .npy array ({exc}; truncated copy?); {rebuild}") from exc
     n = len(meta["videos"])
     fe, fm = arrays["frame_embeds"], arrays["frame_mask"]
     if fe.ndim != 3 or fe.shape[0] != n or fm.shape != fe.shape[:2]:

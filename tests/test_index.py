@@ -242,3 +242,27 @@ def test_non_videos_and_broken_entries_are_refused_or_listed_with_their_reason(b
     assert "a still image (mjpeg), not a video" in reasons["snap.mp4"]
     for name in reasons:
         assert f"skipped {videos / name}: " in result.output
+
+
+def test_damaged_index_files_are_one_line_errors_naming_the_file(bundle_dir, videos, tmp_path):
+    index_dir = tmp_path / "index"
+    meta = build_index(bundle_dir, videos, index_dir, cache_dir=False, progress=False)
+    good = (index_dir / "index.json").read_text()
+    runner = CliRunner()
+
+    broken = json.loads(good)
+    del broken["arrays"]
+    (index_dir / "index.json").write_text(json.dumps(broken))
+    result = runner.invoke(main, ["search", str(index_dir), "x"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip() == (f"Error: {index_dir / 'index.json'}: missing or malformed arrays (dict), "
+                                     "arrays.frame_embeds (file name), arrays.frame_mask (file name); the file is "
+                                     f"damaged or hand-edited: rebuild it with `ts2net index --out {index_dir}`")
+
+    (index_dir / "index.json").write_text(good)
+    embeds = index_dir / meta["arrays"]["frame_embeds"]
+    embeds.write_bytes(embeds.read_bytes()[:-100])            # a truncated copy
+    result = runner.invoke(main, ["search", str(index_dir), "x"])
+    assert result.exit_code == 1 and "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    assert f"Error: {embeds}: not a complete .npy array" in result.output and "rebuild it with" in result.output
+
