@@ -162,11 +162,20 @@ def read_annotations(path: str | os.PathLike) -> tuple[list[Caption], str]:
     return captions, fmt
 
 
-def _read_csv(p: Path) -> tuple[list[Caption], str]:
+def _read_utf8(p: Path) -> str:
+    """The file's text (a UTF-8 BOM dropped); a non-UTF-8 byte is an error naming its line and column."""
+    data = p.read_bytes()
     try:
-        text = p.read_text(encoding="utf-8-sig")  # -sig: spreadsheets like to add a BOM
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise AnnotationError(f"{p}: not UTF-8 text ({exc})") from exc
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise AnnotationError(f"{p}: line {line}, column {column}: byte 0x{data[exc.start]:02x} is not UTF-8; "
+                              "save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from exc
+
+
+def _read_csv(p: Path) -> tuple[list[Caption], str]:
+    text = _read_utf8(p)
     reader = csv.reader(text.splitlines(keepends=True))
     try:
         header = next(reader)
@@ -206,10 +215,7 @@ def _read_csv(p: Path) -> tuple[list[Caption], str]:
 def _read_jsonl(p: Path) -> list[Caption]:
     captions: list[Caption] = []
     problems: list[str] = []
-    try:
-        lines = p.read_text(encoding="utf-8-sig").splitlines()
-    except UnicodeDecodeError as exc:
-        raise AnnotationError(f"{p}: not UTF-8 text ({exc})") from exc
+    lines = _read_utf8(p).splitlines()
     for number, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue
@@ -252,14 +258,33 @@ def _problem_list(p: Path, problems: list[str]) -> str:
 # video files
 # --------------------------------------------------------------------------------------------
 
-def find_video_file(videos_dir: str | os.PathLike, video_id: str) -> Optional[Path]:
-    """``{videos_dir}/{video_id}.mp4``, else the first existing other extension, else None."""
+def find_video_file(videos_dir: str | os.PathLike, video_id: str,
+                    listing: Optional[dict[str, Path]] = None) -> Optional[Path]:
+    """``{videos_dir}/{video_id}.mp4``, else the first existing other extension, else None.
+
+    Extensions match in any case (``clipA.MP4``, as `ts2net index` accepts), exact lower case
+    first. ``listing`` (from :func:`video_files_by_id`) avoids one directory scan per id.
+    """
     base = Path(videos_dir)
     for ext in VIDEO_EXTENSIONS:
         candidate = base / f"{video_id}{ext}"
         if candidate.is_file():
             return candidate
-    return None
+    listing = video_files_by_id(base) if listing is None else listing
+    return listing.get(video_id)
+
+
+def video_files_by_id(videos_dir: str | os.PathLike) -> dict[str, Path]:
+    """Regular files of ``videos_dir`` with a video extension in any case, by id (first extension wins)."""
+    order = {ext: i for i, ext in enumerate(VIDEO_EXTENSIONS)}
+    found: dict[str, tuple[int, Path]] = {}
+    for entry in Path(videos_dir).iterdir():
+        rank = order.get(entry.suffix.lower())
+        if rank is None or entry.name.startswith(".") or not entry.is_file():
+            continue
+        if entry.stem not in found or rank < found[entry.stem][0]:
+            found[entry.stem] = (rank, entry)
+    return {k: v for k, (_, v) in found.items()}
 
 
 def list_video_files(videos_dir: str | os.PathLike) -> dict[str, Path]:
@@ -318,10 +343,11 @@ def _resolve_videos(annotations: Path, captions: list[Caption], videos_dir: Path
         raise AnnotationError(f"{videos_dir}: videos folder not found (given for {annotations})")
     paths: dict[str, Path] = {}
     missing: list[str] = []
+    listing = video_files_by_id(videos_dir)
     for c in captions:
         if c.video_id in paths:
             continue
-        found = find_video_file(videos_dir, c.video_id)
+        found = find_video_file(videos_dir, c.video_id, listing)
         if found is None and allow_missing:
             paths[c.video_id] = videos_dir / f"{c.video_id}{VIDEO_EXTENSIONS[0]}"  # fails to decode later
         elif found is None:

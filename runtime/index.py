@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -278,6 +279,25 @@ def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-scores, kind="stable")[:k]
 
 
+QUERY_ECHO_CHARS = 200
+
+
+def shorten(text: str, limit: int = QUERY_ECHO_CHARS) -> str:
+    """`text` for echoing back to a person: at most `limit` characters, the length said when cut."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def query_warning(query: str) -> Optional[str]:
+    """Why a (non-empty) query's ranking means little, or None: no word at all, only symbols.
+
+    CLIP's byte-level BPE has a token for everything, so no query is "unknown" to it; but one
+    without any letter or digit ("!!!???") matches videos by punctuation alone.
+    """
+    if not re.search(r"\w", query):
+        return f"{shorten(query)!r} has no word (only punctuation or symbols); its ranking means little"
+    return None
+
+
 def search_index(index: VideoIndex, queries: Sequence[str], k: int = 10, *, bundle_dir=None,
                  backend: str = "ort-cpu", batch_size: int = 16) -> list[dict[str, Any]]:
     """Rank the indexed videos for each query by the TS2-Net similarity (logit-scaled scores).
@@ -290,6 +310,11 @@ def search_index(index: VideoIndex, queries: Sequence[str], k: int = 10, *, bund
 
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
+    for number, query in enumerate(queries, start=1):
+        if not query.strip():
+            raise VideoIndexError(f"query {number} is empty: give the text to search for")
+        if query_warning(query):
+            log.warning("query %s: %s", number, query_warning(query))
     path = Path(bundle_dir) if bundle_dir is not None else Path(index.meta["bundle"]["path"])
     if bundle_dir is None and not path.is_dir():
         raise VideoIndexError(f"{index.path}: the bundle recorded in the index, {path}, does not exist here; "
@@ -378,13 +403,16 @@ def search_command(index_dir, queries, k, bundle_dir, backend, as_json):
         return search_index(open_index(index_dir), list(queries), k, bundle_dir=bundle_dir, backend=backend)
 
     results = _click_errors(run)
+    for number, query in enumerate(queries, start=1):
+        if query_warning(query):
+            click.echo(f"warning: query {number}: {query_warning(query)}", err=True)
     if as_json:
         click.echo(json.dumps(results, indent=1, allow_nan=False))  # always a list, one entry per query
         return
     for i, entry in enumerate(results):
         if i:
             click.echo("")
-        click.echo(f"query: {entry['query']}")
+        click.echo(f"query: {shorten(entry['query'])}")
         width = max(len(r["video_id"]) for r in entry["results"])
         for r in entry["results"]:
             click.echo(f"{r['rank']:>4}  {r['score']:9.4f}  {r['video_id']:<{width}}  {r['path']}")

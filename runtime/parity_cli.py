@@ -91,8 +91,9 @@ def check_real_data(bundle, encoder, annotations: Path, videos: Path, limit: int
             data["note"] = ("the backend under test is the stand-in reference itself, so the real-data comparison "
                             "is trivially identical; use it for the metrics only")
         if not rs.video_ids:
-            data["failures"] = [f"real data: no readable video ({len(skipped)} skipped)"]
-            return data
+            listed = "; ".join(f"{p}: {r}" for p, r in skipped[:3]) + ("; ..." if len(skipped) > 3 else "")
+            raise ValueError(f"real data: no readable video, so the comparison could not run ({len(skipped)} "
+                             f"skipped: {listed}); check --videos")
         texts = rs.texts
         produced = {"text_embeds": encoder.encode_texts(texts, progress=progress),
                     "frame_embeds": np.concatenate(a_embeds), "frame_mask": np.concatenate(masks)}
@@ -207,5 +208,11 @@ def parity_command(bundle_dir, backend, precision, annotations, videos, limit, o
                f"({len(failures)} failure(s)); report: {json_path}, {md_path}")
     for failure in failures:
         click.echo(f"  - {failure}")
+    skipped = (real or {}).get("skipped_videos") or []
+    if skipped:
+        click.echo(f"  {len(skipped)} video(s) could not be read and were left out with their captions "
+                   f"({real['captions_dropped_with_skipped_videos']} captions):")
+        for s in skipped:
+            click.echo(f"  ! {s['path']}: {s['reason']}")
     if failures:
         click.get_current_context().exit(1)

@@ -384,3 +384,29 @@ def test_eval_refuses_non_finite_scores_naming_their_source(bundle_dir, dataset,
     assert "similarity scores are NaN or infinite" in result.output
     assert f"the text embeddings of {caption(4)!r} are non-finite (text graph of" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "r").exists()
+
+
+# ---------------------------------------------------------------- smaller ones (item 17)
+
+def test_upper_case_extensions_are_found_like_index_finds_them(bundle_dir, dataset, tmp_path):
+    from runtime.datasets import find_video_file
+    from runtime.eval import evaluate
+
+    _, csv_path, videos = dataset
+    (videos / "video2.mp4").rename(videos / "video2.MP4")
+    assert find_video_file(videos, "video2") == videos / "video2.MP4"
+    data = evaluate(bundle_dir, csv_path, videos, cache_dir=False, progress=False, write=False)
+    assert data["dataset"]["n_videos_evaluated"] == 6
+    rs = load_retrieval_set(csv_path, videos)
+    assert rs.video_paths["video2"] == videos / "video2.MP4"
+
+
+def test_non_utf8_annotations_name_the_line(tmp_path):
+    path = tmp_path / "captions.csv"
+    path.write_bytes("video_id,sentence\nvideo0,a caf\u00e9\n".encode("utf-8") + b"video1,na\xefve latin-1\n")
+    with pytest.raises(AnnotationError, match=r"captions.csv: line 3, column 10: byte 0xef is not UTF-8"):
+        read_annotations(path)
+    jsonl = tmp_path / "captions.jsonl"
+    jsonl.write_bytes(b'{"video_id": "v", "caption": "ok"}\n{"video_id": "w", "caption": "\xff"}\n')
+    with pytest.raises(AnnotationError, match=r"line 2, column 31: byte 0xff is not UTF-8"):
+        read_annotations(jsonl)

@@ -389,3 +389,26 @@ def test_export_supports_one_frame_per_video(tmp_path):
     result = export_bundle(tmp_path / "one", progress=False, max_frames=1)
     assert result.manifest["valid"] and result.manifest["model"]["max_frames"] == 1
     assert np.load(tmp_path / "one" / "reference.npz")["frame_mask"].tolist() == [[1]] * 6
+
+
+def test_export_errors_start_on_their_own_line(tmp_path):
+    """The progress bar is closed before the error, so "Error:" never lands on the bar's line."""
+    ckpt = _nan_checkpoint(tmp_path)
+    result = CliRunner().invoke(cli, ["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "b")])
+    assert result.exit_code == 1
+    error_lines = [line for line in result.output.replace("\r", "\n").splitlines() if "Error:" in line]
+    assert error_lines and all(line.startswith("Error:") for line in error_lines)
+
+
+def test_cannot_infer_model_size_names_the_checkpoint(tmp_path):
+    import ts2net
+
+    cfg = TS2NetConfig(**TINY12, frame_mask_mode="official")
+    state = official_state_dict(random_model(cfg))
+    del state["clip.visual.conv1.weight"]
+    ckpt = tmp_path / "pytorch_model.bin.3"
+    torch.save(state, ckpt)
+    with pytest.raises(ValueError, match=rf"^{ckpt}: cannot infer model size: key 'clip.visual.conv1.weight'"):
+        ts2net.load_model(ckpt)
+    result = CliRunner().invoke(cli, ["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "b")])
+    assert result.exit_code == 1 and f"Error: {ckpt}: cannot infer model size" in result.output

@@ -266,3 +266,19 @@ def test_damaged_index_files_are_one_line_errors_naming_the_file(bundle_dir, vid
     assert result.exit_code == 1 and "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
     assert f"Error: {embeds}: not a complete .npy array" in result.output and "rebuild it with" in result.output
 
+
+
+def test_search_refuses_empty_queries_warns_on_wordless_ones_and_shortens_echoes(bundle_dir, videos, tmp_path):
+    index_dir = tmp_path / "index"
+    build_index(bundle_dir, videos, index_dir, cache_dir=False, progress=False)
+    runner = CliRunner()
+    for empty in ("", "   "):
+        result = runner.invoke(main, ["search", str(index_dir), "a red circle", empty])
+        assert result.exit_code == 1 and "Error: query 2 is empty: give the text to search for" in result.output
+    result = runner.invoke(main, ["search", str(index_dir), "!!!???", "-k", "2"])
+    assert result.exit_code == 0
+    assert "warning: query 1: '!!!???' has no word (only punctuation or symbols)" in result.output
+    long_query = "a red circle " * 10_000                       # 130,000 characters
+    result = runner.invoke(main, ["search", str(index_dir), long_query, "-k", "1"])
+    assert result.exit_code == 0 and len(result.output) < 1000
+    assert f"... ({len(long_query)} characters)" in result.output
