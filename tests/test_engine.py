@@ -74,13 +74,22 @@ def test_invalid_bundles_are_refused(bundle, tmp_path):
         engine.build_engines(copy, progress=False)
 
 
-def test_manifest_records_the_build(bundle, tmp_path, monkeypatch):
-    """The plumbing around the build, with the TensorRT call itself replaced by a stand-in."""
+H100 = {"name": "NVIDIA H100", "compute_capability": "9.0"}
+
+
+def stand_in_tensorrt(bundle, tmp_path, monkeypatch, gpu=H100, name="built"):
+    """A copy of the bundle, with TensorRT 10.9 and `gpu` stood in (the build itself is patched per test)."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    copy = tmp_path / "built"
+    copy = tmp_path / name
     shutil.copytree(bundle, copy)
     monkeypatch.setattr(engine, "import_tensorrt", lambda: types.SimpleNamespace(__version__="10.9.0.34"))
-    monkeypatch.setattr(engine, "gpu_facts", lambda: {"name": "NVIDIA H100", "compute_capability": "9.0"})
+    monkeypatch.setattr(engine, "gpu_facts", lambda: dict(gpu))
+    return copy
+
+
+def test_manifest_records_the_build(bundle, tmp_path, monkeypatch):
+    """The plumbing around the build, with the TensorRT call itself replaced by a stand-in."""
+    copy = stand_in_tensorrt(bundle, tmp_path, monkeypatch)
     calls = []
 
     def fake_build(onnx_path, entry, profile, plan_path, workspace_mb, timing_cache, level):
@@ -121,11 +130,7 @@ def test_real_engine_build(bundle, tmp_path):
 
 
 def _with_fake_engines(bundle, tmp_path, monkeypatch, profiles=None):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    copy = tmp_path / "built"
-    shutil.copytree(bundle, copy)
-    monkeypatch.setattr(engine, "import_tensorrt", lambda: types.SimpleNamespace(__version__="10.9.0.34"))
-    monkeypatch.setattr(engine, "gpu_facts", lambda: {"name": "NVIDIA H100", "compute_capability": "9.0"})
+    copy = stand_in_tensorrt(bundle, tmp_path, monkeypatch)
     monkeypatch.setattr(engine, "build_engine", lambda onnx_path, entry, profile, plan_path, *a: plan_path.write_bytes(b"plan"))
     engine.build_engines(copy, profiles, progress=False)
     return copy
@@ -377,11 +382,7 @@ def test_batches_below_the_profile_min_are_padded_and_the_padding_dropped(bundle
 # ---------------------------------------------------------------- timing cache (item 9)
 
 def test_timing_cache_is_named_by_tensorrt_and_gpu_and_kept_out_of_the_bundle(bundle, tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    copy = tmp_path / "built"
-    shutil.copytree(bundle, copy)
-    monkeypatch.setattr(engine, "import_tensorrt", lambda: types.SimpleNamespace(__version__="10.9.0.34"))
-    monkeypatch.setattr(engine, "gpu_facts", lambda: {"name": "NVIDIA L4", "compute_capability": "8.9"})
+    copy = stand_in_tensorrt(bundle, tmp_path, monkeypatch, gpu={"name": "NVIDIA L4", "compute_capability": "8.9"})
     used = []
 
     def fake_build(onnx_path, entry, profile, plan_path, workspace_mb, timing_cache, level):
@@ -404,15 +405,12 @@ def test_timing_cache_is_named_by_tensorrt_and_gpu_and_kept_out_of_the_bundle(bu
 # ---------------------------------------------------------------- verified sources (item 10)
 
 def test_engines_are_only_built_from_verified_fp16_graphs(bundle, tmp_path, monkeypatch):
-    copy = tmp_path / "tampered"
-    shutil.copytree(bundle, copy)
+    copy = stand_in_tensorrt(bundle, tmp_path, monkeypatch, name="tampered")
     with open(copy / "video.fp16.onnx", "r+b") as handle:   # one flipped byte, size unchanged
         handle.seek(100)
         byte = handle.read(1)
         handle.seek(100)
         handle.write(bytes([byte[0] ^ 0xFF]))
-    monkeypatch.setattr(engine, "import_tensorrt", lambda: types.SimpleNamespace(__version__="10.9.0.34"))
-    monkeypatch.setattr(engine, "gpu_facts", lambda: {"name": "NVIDIA H100", "compute_capability": "9.0"})
     built = []
     monkeypatch.setattr(engine, "build_engine", lambda onnx_path, *a: built.append(onnx_path))
     with pytest.raises(EngineBuildError, match="video.fp16.onnx does not match its checksum"):

@@ -471,12 +471,9 @@ def test_audio_only_file(tmp_path):
     _assert_decode_error(path, "no video stream")
 
 
-@pytest.mark.skipif(H264 is None, reason="needs libx264")
-@pytest.mark.parametrize("faststart", [False, True])
-def test_truncated_to_half(tmp_path, faststart):
-    """Index at the end (default): open fails. Index first (faststart): decoding hits the cut."""
-    full = tmp_path / "full.mp4"
-    container = av.open(str(full), "w", options={"movflags": "faststart"} if faststart else {})
+def h264_150_frames(path: Path, faststart: bool) -> Path:
+    """150 numbered frames of H.264 in MP4, index at the end or (faststart) at the front."""
+    container = av.open(str(path), "w", options={"movflags": "faststart"} if faststart else {})
     stream = container.add_stream("libx264", rate=30)
     stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
     for i in range(150):
@@ -485,7 +482,14 @@ def test_truncated_to_half(tmp_path, faststart):
     for packet in stream.encode():
         container.mux(packet)
     container.close()
-    data = full.read_bytes()
+    return path
+
+
+@pytest.mark.skipif(H264 is None, reason="needs libx264")
+@pytest.mark.parametrize("faststart", [False, True])
+def test_truncated_to_half(tmp_path, faststart):
+    """Index at the end (default): open fails. Index first (faststart): decoding hits the cut."""
+    data = h264_150_frames(tmp_path / "full.mp4", faststart).read_bytes()
     cut = tmp_path / "half.mp4"
     cut.write_bytes(data[: len(data) // 2])
     _assert_decode_error(cut, "decoding failed" if faststart else "cannot open")
@@ -523,17 +527,7 @@ def test_preprocessing_identity_names_rules_and_pixel_libraries(monkeypatch):
 @pytest.mark.skipif(H264 is None, reason="needs libx264")
 def test_no_cut_point_of_a_faststart_mp4_passes_as_a_shorter_clip(tmp_path):
     """Index at the front: some cuts decode without any error; the stated count must catch them."""
-    full = tmp_path / "full.mp4"
-    container = av.open(str(full), "w", options={"movflags": "faststart"})
-    stream = container.add_stream("libx264", rate=30)
-    stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
-    for i in range(150):
-        for packet in stream.encode(av.VideoFrame.from_ndarray(frame_image(i, 160, 120), format="rgb24")):
-            container.mux(packet)
-    for packet in stream.encode():
-        container.mux(packet)
-    container.close()
-    data = full.read_bytes()
+    data = h264_150_frames(tmp_path / "full.mp4", faststart=True).read_bytes()
     silent = []
     for percent in range(20, 100):
         cut = tmp_path / f"cut{percent}.mp4"
