@@ -19,25 +19,22 @@ lives in the user's cache directory, named by TensorRT version and compute capab
 """
 from __future__ import annotations
 
+import copy
 import fcntl
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runtime.bundle import BundleError, open_bundle
-from runtime.reports import cuda_device_zero
+from runtime.bundle_format import GRAPHS, engine_file, file_entry
 
 from . import manifest as mf
 
-GRAPHS = ("text", "video")
 SUPPORTED_TRT_MAJOR = (10, 11)
 # Polygraphy before 0.53.4 reads `ILayer.precision_is_set`, gone in TensorRT 11 (CreateConfig fails
 # on every build), and does not find a pip-installed CUDA runtime (site-packages/nvidia/cuda_runtime).
 POLYGRAPHY_MIN_FOR_TRT11 = (0, 53, 4)
-INSTALL_HINT = ("install TensorRT 10.x or 11.x with its Python bindings and Polygraphy "
-                "(pip install 'ts2net-deploy[tensorrt]' installs NVIDIA's wheels; they need a CUDA driver)")
+
 
 
 class EngineBuildError(RuntimeError):
@@ -83,6 +80,8 @@ def input_shapes(graph_entry: dict[str, Any], batch: int) -> dict[str, tuple[int
 
 def gpu_facts() -> dict[str, str]:
     """Name and compute capability of CUDA device 0, the one TensorRT builds for (driver API first)."""
+    from runtime.gpu import cuda_device_zero
+
     device = cuda_device_zero()
     if device is None:
         raise EngineBuildError("no NVIDIA GPU found (the CUDA driver library libcuda.so.1 reports none, and "
@@ -132,18 +131,20 @@ def _remove_stale_lock(cache: Path) -> None:
 
 
 def import_tensorrt():
-    try:
-        import tensorrt as trt  # noqa: F401
-    except ImportError as exc:
-        raise EngineBuildError(f"TensorRT is not installed ({exc}); {INSTALL_HINT}") from exc
+    """The tensorrt module, checked by the project's one TensorRT import check, the major version and
+    the Polygraphy floor for TensorRT 11."""
+    from runtime.gpu import tensorrt_status
+
+    version, reason = tensorrt_status()
+    if version is None:
+        raise EngineBuildError(reason)
+    import polygraphy
+    import tensorrt as trt
+
     major = int(trt.__version__.split(".")[0])
     if major not in SUPPORTED_TRT_MAJOR:
         raise EngineBuildError(f"TensorRT {trt.__version__} found; engines need TensorRT "
                                f"{' or '.join(map(str, SUPPORTED_TRT_MAJOR))}.x")
-    try:
-        import polygraphy
-    except ImportError as exc:
-        raise EngineBuildError(f"Polygraphy is not installed ({exc}); pip install polygraphy") from exc
     check_polygraphy(trt.__version__, polygraphy.__version__)
     return trt
 
@@ -189,26 +190,35 @@ def build_engine(onnx_path: Path, graph_entry: dict[str, Any], profile: BatchPro
         raise EngineBuildError(f"{onnx_path.name}: TensorRT could not parse or build this graph ({exc})") from exc
 
 
+def _open_verified(bundle: Path) -> tuple[dict[str, Any], dict[str, Path]]:
+    """(a copy of the manifest, FP16 graph path per graph), read through the verifying reader.
+
+    The schema is checked and each FP16 graph (and its external data) is checked against its sha256
+    before anything is built, so an engine is never built from a swapped or truncated graph.
+    """
+    from runtime.bundle import BundleError, open_bundle
+
+    try:
+        opened = open_bundle(bundle, verify=False, allow_invalid=True)
+        if not opened.valid:
+            raise EngineBuildError(f"{bundle}: the bundle is marked invalid (FP32 validation failed); "
+                                   "re-export it first")
+        sources = {graph: opened.graph_path(graph, "fp16") for graph in GRAPHS}
+    except BundleError as exc:
+        raise EngineBuildError(str(exc)) from exc
+    return copy.deepcopy(dict(opened.manifest)), sources
+
+
 def build_engines(bundle: str | Path, profiles: dict[str, BatchProfile] | None = None, workspace_mb: int | None = None,
                   timing_cache: str | Path | None = None, optimization_level: int | None = None,
                   progress: bool = True) -> dict[str, Any]:
     """Build `text.plan` and `video.plan`; record the build facts in the manifest. Returns the entries."""
     bundle = Path(bundle)
-    try:
-        opened = open_bundle(bundle, verify=False, allow_invalid=True)
-    except BundleError as exc:
-        raise EngineBuildError(str(exc)) from exc
-    if not opened.valid:
-        raise EngineBuildError(f"{bundle}: the bundle is marked invalid (FP32 validation failed); re-export it first")
-    manifest = json.loads(json.dumps(opened.manifest))  # a private copy to update
+    manifest, sources = _open_verified(bundle)
     profiles = profiles or dict(DEFAULT_PROFILES)
-    # preflight before touching anything: TensorRT, Polygraphy, GPU, the FP16 graphs' checksums
+    # preflight before touching anything: TensorRT, Polygraphy, GPU
     trt = import_tensorrt()
     gpu = gpu_facts()
-    try:
-        sources = {graph: opened.graph_path(graph, "fp16") for graph in GRAPHS}
-    except BundleError as exc:
-        raise EngineBuildError(f"{exc} (engines are built from the FP16 graphs)") from exc
     cache = Path(timing_cache) if timing_cache else default_timing_cache(trt.__version__, gpu["compute_capability"])
     cache.parent.mkdir(parents=True, exist_ok=True)
     from tqdm import tqdm
@@ -219,7 +229,7 @@ def build_engines(bundle: str | Path, profiles: dict[str, BatchProfile] | None =
         for graph in tqdm(GRAPHS, desc="engines", disable=not progress):
             fp16 = manifest["graphs"][graph]["fp16"]
             build_engine(sources[graph], fp16, profiles[graph], staged[graph], workspace_mb, cache, optimization_level)
-            entries[graph] = mf.file_entry(
+            entries[graph] = file_entry(
                 bundle, staged[graph].name, precision="fp16", typing="strongly typed from the FP16 graph",
                 built_from=fp16["file"], tensorrt_version=trt.__version__, gpu=gpu,
                 profile=profiles[graph].to_manifest(), inputs=fp16["inputs"], outputs=fp16["outputs"],
@@ -227,10 +237,10 @@ def build_engines(bundle: str | Path, profiles: dict[str, BatchProfile] | None =
                 timing_cache={"path": str(cache), "tensorrt_version": trt.__version__,
                               "compute_capability": gpu["compute_capability"],
                               "note": "outside the bundle, not checksummed: it only speeds up rebuilds"})
-            entries[graph]["file"] = f"{graph}.plan"
+            entries[graph]["file"] = engine_file(graph)
         # both plans built: commit them and the manifest together
         for graph in GRAPHS:
-            staged[graph].replace(bundle / f"{graph}.plan")
+            staged[graph].replace(bundle / engine_file(graph))
         manifest["engines"] = entries
         mf.write_manifest(bundle, manifest)
     finally:

@@ -14,14 +14,14 @@ import pytest
 from click.testing import CliRunner
 
 import export.engine as engine
-from export.bundle import export_bundle
+import runtime.gpu
 from export.engine import BatchProfile, EngineBuildError, parse_batch_profiles
-from runtime.cli import main as cli
+from cli.main import main as cli
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    return export_bundle(tmp_path_factory.mktemp("engine-bundle"), progress=False).bundle
+def bundle(bundle_dir):
+    return bundle_dir
 
 
 def test_batch_profiles_parse_per_graph_and_for_both():
@@ -57,7 +57,7 @@ def test_wrong_tensorrt_version_and_missing_gpu_are_refused(bundle, monkeypatch)
     with pytest.raises(EngineBuildError, match="TensorRT 8.6.1 found"):
         engine.import_tensorrt()
     monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.9.0"))
-    monkeypatch.setattr(engine, "cuda_device_zero", lambda: None)
+    monkeypatch.setattr(runtime.gpu, "cuda_device_zero", lambda: None)
     before = (bundle / "manifest.json").read_bytes()
     with pytest.raises(EngineBuildError, match="no NVIDIA GPU found"):
         engine.build_engines(bundle, progress=False)
@@ -72,6 +72,23 @@ def test_invalid_bundles_are_refused(bundle, tmp_path):
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(EngineBuildError, match="marked invalid"):
         engine.build_engines(copy, progress=False)
+
+
+def test_engines_are_built_only_from_verified_fp16_graphs(bundle, tmp_path, monkeypatch):
+    """An FP16 graph altered after export is refused before TensorRT is touched; the manifest stays as it was."""
+    copy = tmp_path / "tampered"
+    shutil.copytree(bundle, copy)
+    graph = copy / "video.fp16.onnx"
+    graph.write_bytes(graph.read_bytes()[:-16] + bytes(16))
+    monkeypatch.setattr(engine, "import_tensorrt", lambda: types.SimpleNamespace(__version__="10.9.0.34"))
+    monkeypatch.setattr(engine, "gpu_facts", lambda: {"name": "NVIDIA H100", "compute_capability": "9.0"})
+    monkeypatch.setattr(engine, "build_engine", lambda *args: pytest.fail("built from an unverified graph"))
+    before = (copy / "manifest.json").read_bytes()
+    with pytest.raises(EngineBuildError, match="video.fp16.onnx does not match its checksum"):
+        engine.build_engines(copy, progress=False)
+    assert (copy / "manifest.json").read_bytes() == before
+    result = CliRunner().invoke(cli, ["engine", "--bundle", str(copy)])
+    assert result.exit_code == 2 and "does not match its checksum" in result.output
 
 
 H100 = {"name": "NVIDIA H100", "compute_capability": "9.0"}
@@ -143,7 +160,7 @@ class _Stop(Exception):
 def test_eval_and_index_run_the_engines_precision_with_tensorrt(bundle, tmp_path, monkeypatch):
     """`--backend tensorrt` without --precision means the engine's fp16, not the ORT default fp32."""
     import runtime.encoder
-    from runtime.eval import evaluate
+    from runtime.evaluation import evaluate
     from runtime.index import build_index
     from test_eval import write_1ka_csv, write_clip
 
@@ -254,12 +271,13 @@ def test_gpu_identity_is_cuda_device_zero_from_the_driver(monkeypatch):
     import ctypes
     import subprocess
 
-    from runtime import backends, reports
+    from runtime import backends
+    from runtime import gpu
 
     # nvidia-smi (PCI order, ignores CUDA_VISIBLE_DEVICES) would say A100; CUDA device 0 is the L4
     smi_rows = "NVIDIA A100-SXM4-80GB, 8.0\nNVIDIA L4, 8.9\n"
-    monkeypatch.setattr(reports.shutil, "which", lambda name: "/usr/bin/nvidia-smi")
-    monkeypatch.setattr(reports.subprocess, "run",
+    monkeypatch.setattr(gpu.shutil, "which", lambda name: "/usr/bin/nvidia-smi")
+    monkeypatch.setattr(gpu.subprocess, "run",
                         lambda *a, **k: subprocess.CompletedProcess(a, 0, stdout=smi_rows, stderr=""))
     monkeypatch.setattr(ctypes, "CDLL", lambda name: FakeLibcuda([("NVIDIA L4", (8, 9)), ("NVIDIA A100", (8, 0))]))
     assert engine.gpu_facts() == {"name": "NVIDIA L4", "compute_capability": "8.9"}
@@ -400,19 +418,3 @@ def test_timing_cache_is_named_by_tensorrt_and_gpu_and_kept_out_of_the_bundle(bu
     assert entries["text"]["timing_cache"] == {
         "path": str(cache), "tensorrt_version": "10.9.0.34", "compute_capability": "8.9",
         "note": "outside the bundle, not checksummed: it only speeds up rebuilds"}
-
-
-# ---------------------------------------------------------------- verified sources (item 10)
-
-def test_engines_are_only_built_from_verified_fp16_graphs(bundle, tmp_path, monkeypatch):
-    copy = stand_in_tensorrt(bundle, tmp_path, monkeypatch, name="tampered")
-    with open(copy / "video.fp16.onnx", "r+b") as handle:   # one flipped byte, size unchanged
-        handle.seek(100)
-        byte = handle.read(1)
-        handle.seek(100)
-        handle.write(bytes([byte[0] ^ 0xFF]))
-    built = []
-    monkeypatch.setattr(engine, "build_engine", lambda onnx_path, *a: built.append(onnx_path))
-    with pytest.raises(EngineBuildError, match="video.fp16.onnx does not match its checksum"):
-        engine.build_engines(copy, progress=False)
-    assert built == []

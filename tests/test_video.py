@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from media import write_video
 from runtime import video as rv
 from runtime.video import (
     CLIP_MEAN,
@@ -82,28 +83,21 @@ def read_code(rgb: np.ndarray) -> int:
     return code
 
 
-def write_video(path: Path, n: int, rate, w: int, h: int, codec: str, fmt: str | None = None,
-                bt709: bool = False) -> Path:
-    container = av.open(str(path), "w", format=fmt)
-    stream = container.add_stream(codec, rate=rate)
-    stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-    ctx = stream.codec_context
-    ctx.gop_size = 20  # samples land mid-GOP, so cv2 really has to seek + decode forward
-    if codec == "libx264":
-        stream.options = {"crf": "18", "preset": "veryfast"}  # veryfast keeps B-frames
-    else:
-        ctx.bit_rate = 4_000_000
-    if bt709:
-        ctx.colorspace = 1  # AVCOL_SPC_BT709
-        ctx.color_range = 1  # AVCOL_RANGE_MPEG
-    for i in range(n):
-        frame = av.VideoFrame.from_ndarray(frame_image(i, w, h), format="rgb24")
-        for packet in stream.encode(frame):
-            container.mux(packet)
-    for packet in stream.encode():
-        container.mux(packet)
-    container.close()
-    return path
+def write_spec_video(path: Path, n: int, rate, w: int, h: int, codec: str, fmt: str | None = None,
+                     bt709: bool = False) -> Path:
+    def configure(stream) -> None:
+        ctx = stream.codec_context
+        ctx.gop_size = 20  # samples land mid-GOP, so cv2 really has to seek + decode forward
+        if codec == "libx264":
+            stream.options = {"crf": "18", "preset": "veryfast"}  # veryfast keeps B-frames
+        else:
+            ctx.bit_rate = 4_000_000
+        if bt709:
+            ctx.colorspace = 1  # AVCOL_SPC_BT709
+            ctx.color_range = 1  # AVCOL_RANGE_MPEG
+
+    return write_video(path, (frame_image(i, w, h) for i in range(n)), rate, codec, container_format=fmt,
+                       configure=configure)
 
 
 # name: (frames, rate, width, height, codec, container format, bt709)
@@ -133,7 +127,7 @@ def videos(tmp_path_factory) -> dict[str, Path]:
         if codec is None:
             continue
         ext = ".mkv" if fmt == "matroska" else ".mp4"
-        out[name] = write_video(root / f"{name}{ext}", n, rate, w, h, codec, fmt, bt709)
+        out[name] = write_spec_video(root / f"{name}{ext}", n, rate, w, h, codec, fmt, bt709)
     return out
 
 
@@ -251,7 +245,7 @@ def cif_videos(tmp_path_factory) -> dict[str, Path]:
     codec = H264 or MPEG4
     if codec is None:
         pytest.skip("no H.264 or MPEG-4 encoder")
-    return {name: write_video(root / f"{name}.mp4", 40, 25, w, h, codec)
+    return {name: write_spec_video(root / f"{name}.mp4", 40, 25, w, h, codec)
             for name, (w, h) in CIF_LIKE.items()}
 
 
@@ -471,25 +465,14 @@ def test_audio_only_file(tmp_path):
     _assert_decode_error(path, "no video stream")
 
 
-def h264_150_frames(path: Path, faststart: bool) -> Path:
-    """150 numbered frames of H.264 in MP4, index at the end or (faststart) at the front."""
-    container = av.open(str(path), "w", options={"movflags": "faststart"} if faststart else {})
-    stream = container.add_stream("libx264", rate=30)
-    stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
-    for i in range(150):
-        for packet in stream.encode(av.VideoFrame.from_ndarray(frame_image(i, 160, 120), format="rgb24")):
-            container.mux(packet)
-    for packet in stream.encode():
-        container.mux(packet)
-    container.close()
-    return path
-
-
 @pytest.mark.skipif(H264 is None, reason="needs libx264")
 @pytest.mark.parametrize("faststart", [False, True])
 def test_truncated_to_half(tmp_path, faststart):
     """Index at the end (default): open fails. Index first (faststart): decoding hits the cut."""
-    data = h264_150_frames(tmp_path / "full.mp4", faststart).read_bytes()
+    full = tmp_path / "full.mp4"
+    write_video(full, (frame_image(i, 160, 120) for i in range(150)), 30, "libx264",
+                container_options={"movflags": "faststart"} if faststart else None)
+    data = full.read_bytes()
     cut = tmp_path / "half.mp4"
     cut.write_bytes(data[: len(data) // 2])
     _assert_decode_error(cut, "decoding failed" if faststart else "cannot open")
@@ -527,7 +510,9 @@ def test_preprocessing_identity_names_rules_and_pixel_libraries(monkeypatch):
 @pytest.mark.skipif(H264 is None, reason="needs libx264")
 def test_no_cut_point_of_a_faststart_mp4_passes_as_a_shorter_clip(tmp_path):
     """Index at the front: some cuts decode without any error; the stated count must catch them."""
-    data = h264_150_frames(tmp_path / "full.mp4", faststart=True).read_bytes()
+    full = write_video(tmp_path / "full.mp4", (frame_image(i, 160, 120) for i in range(150)), 30, "libx264",
+                       container_options={"movflags": "faststart"})
+    data = full.read_bytes()
     silent = []
     for percent in range(20, 100):
         cut = tmp_path / f"cut{percent}.mp4"
@@ -549,7 +534,7 @@ def test_no_cut_point_of_a_faststart_mp4_passes_as_a_shorter_clip(tmp_path):
 @pytest.mark.skipif(H264 is None or not __import__("shutil").which("ffmpeg"), reason="needs libx264 and ffmpeg")
 def test_stream_copied_cuts_with_edit_lists_are_accepted(tmp_path):
     """The evidence for check_frame_count: an edit list drops pre-roll frames nb_frames still counts."""
-    src = write_video(tmp_path / "src.mp4", 300, 30, 160, 120, H264)
+    src = write_spec_video(tmp_path / "src.mp4", 300, 30, 160, 120, H264)
     for start in ("1.3", "2.5", "4.1"):
         cut = tmp_path / f"cut{start}.mp4"
         subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-ss", start, "-i", str(src), "-c", "copy", str(cut)],
