@@ -420,3 +420,15 @@ def test_cli_index_with_engine_then_search_equals_scan(tmp_path, bundle_dir, col
                            env={"TS2NET_MILVUS_TIMEOUT": "1"})
     assert result.exit_code != 0 and "cannot reach Milvus at http://127.0.0.1:9" in result.output
     assert "Traceback" not in result.output
+
+
+def test_engine_sync_holds_the_index_build_lock(tmp_path):
+    from runtime.files import directory_lock
+    from runtime.index import LOCK_FILE, VideoIndexError
+
+    fe, fm, shas, _ = collection(9, 10)
+    index = make_index(tmp_path / "ix", fe, fm, shas)
+    with directory_lock(tmp_path / "ix", "ts2net index", LOCK_FILE):
+        with pytest.raises(VideoIndexError, match="another `ts2net index` holds the lock"):
+            sync_engine(index, "faiss", progress=False)
+    assert sync_engine(index, "faiss", progress=False)["name"] == "faiss"

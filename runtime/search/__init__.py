@@ -24,11 +24,28 @@ __all__ = ["ENGINE_NAMES", "EngineUnavailable", "EngineOutOfDate", "Hits", "Sear
 
 
 def sync_engine(index, engine: str, *, exact: bool = False, progress: bool = True, **options) -> dict:
-    """Build or update ``index``'s engine in place; returns the ``index.json["engine"]`` section."""
-    from .engines import write_engine_section
+    """Build or update ``index``'s engine in place; returns the ``index.json["engine"]`` section.
+
+    Holds the index directory's build lock (the one `ts2net index` holds while encoding), so an
+    engine sync never interleaves with a rebuild or another sync of the same index.
+    """
+    from ..files import LockHeldError, directory_lock
+    from ..index import LOCK_FILE, VideoIndexError
 
     if engine not in ENGINE_NAMES:
         raise ValueError(f"engine must be one of {', '.join(ENGINE_NAMES)}, got {engine!r}")
+    try:
+        with directory_lock(index.path, "ts2net index", LOCK_FILE):
+            return _sync_locked(index, engine, exact, progress, options)
+    except LockHeldError as exc:
+        raise VideoIndexError(str(exc)) from exc
+
+
+def _sync_locked(index, engine: str, exact: bool, progress: bool, options: dict) -> dict:
+    from ..index import open_index
+    from .engines import write_engine_section
+
+    index = open_index(index.path)    # what is committed now, read under the lock
     if engine == "scan":
         section = {"name": "scan", "exact": True, "rescoring": "every video, from the index's arrays"}
         old = index.meta.get("engine") or {}
@@ -58,18 +75,24 @@ class Searcher:
             self.engine = engine_class(name)(index.path, section)
             self.engine.check_current(self.live)
 
-    def search(self, text_embeds: np.ndarray, k: int) -> list[Hits]:
+    def search(self, text_embeds: np.ndarray, k: int, check_scores=None) -> list[Hits]:
+        """Top-k per text. ``check_scores(matrix)``: called with the scan's full score matrix, or with
+        the returned scores (engines, whose frames were checked finite when indexed); may raise."""
         text = np.asarray(text_embeds, np.float32)
         if text.ndim != 2 or text.shape[1] != self.index.frame_embeds.shape[2]:
             raise ValueError(f"text embeddings must have shape [B, {self.index.frame_embeds.shape[2]}], "
                              f"got {list(text.shape)}")
         args = self.index.similarity_args
         if self.engine is None:
-            return exhaustive_search(text, self.index.frame_embeds, self.index.frame_mask, args, k)
+            return exhaustive_search(text, self.index.frame_embeds, self.index.frame_mask, args, k, check_scores)
         e = self.engine
-        return threshold_search(text, self.index.frame_embeds, self.index.frame_mask, args, self.live, e.fetch, k,
+        hits = threshold_search(text, self.index.frame_embeds, self.index.frame_mask, args, self.live, e.fetch, k,
                                 cos_tolerance=e.cos_tolerance, n_frames=e.n_frames, max_depth=e.max_depth,
                                 side=e.groups)
+        if check_scores is not None:
+            width = max((len(h.scores) for h in hits), default=0)
+            check_scores(np.array([np.pad(h.scores, (0, width - len(h.scores))) for h in hits], np.float32))
+        return hits
 
     def close(self) -> None:
         if self.engine is not None:

@@ -93,7 +93,13 @@ def iter_frame_vectors(frame_embeds: np.ndarray, weighted: np.ndarray, rows: np.
         r = rows[a:a + chunk]
         order = np.argsort(r, kind="stable")                   # sequential reads of the memmap
         r_sorted, k_sorted = r[order], keys[a:a + chunk][order]
-        block = _l2_normalize_last(np.array(frame_embeds[r_sorted], dtype=np.float32, copy=True))
+        block = np.array(frame_embeds[r_sorted], dtype=np.float32, copy=True)
+        if not np.isfinite(block).all():
+            bad = sorted({int(r) for r in r_sorted[~np.isfinite(block).all(axis=(1, 2))]})
+            raise ValueError(f"frame embeddings of index rows {bad[:10]} are NaN or infinite: re-encode those videos "
+                             "(delete them from the index folder's videos and run `ts2net index` again) before "
+                             "building a search engine")
+        block = _l2_normalize_last(block)
         keep = weighted[r_sorted]                             # [n, T]
         vid, f = np.nonzero(keep)
         labels = (k_sorted[vid] << np.int64(FRAME_BITS)) | f.astype(np.int64)

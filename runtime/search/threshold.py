@@ -84,9 +84,12 @@ class _Scorer:
         return Hits(r, s, stats)
 
 
-def exhaustive_search(text: np.ndarray, frame_embeds, frame_mask, sim_args: dict, k: int) -> list[Hits]:
+def exhaustive_search(text: np.ndarray, frame_embeds, frame_mask, sim_args: dict, k: int,
+                      check_scores=None) -> list[Hits]:
     """The full scan (ground truth): every video scored, top k by the scan's tie rule."""
     sim = similarity(text, frame_embeds, frame_mask, **sim_args)
+    if check_scores is not None:
+        check_scores(sim)
     rows = np.arange(sim.shape[1], dtype=np.int64)
     out = []
     for row in sim:
