@@ -176,7 +176,7 @@ def run_bench(sizes, engines, out, work, *, frames=12, dim=512, queries=200, lat
     if previous.is_file():   # runs of other sizes from an earlier invocation stay in the report
         old = json.loads(previous.read_text())
         if (old.get("frames"), old.get("dim"), old.get("seed")) == (frames, dim, seed):
-            results["runs"] = [r for r in old.get("runs", []) if r["n_videos"] not in sizes]
+            results["runs"] = old.get("runs", [])
             results["engines"] = list(dict.fromkeys(old.get("engines", []) + list(engines)))
             results["uptime_start"] = old.get("uptime_start", results["uptime_start"])
     for n in sizes:
@@ -191,20 +191,26 @@ def run_bench(sizes, engines, out, work, *, frames=12, dim=512, queries=200, lat
         t0 = time.perf_counter()
         truth = Searcher(open_index(base)).search(text, 100)
         truth_s = time.perf_counter() - t0
+        # an earlier run of this size keeps the engines not measured now (same seed: same data and queries)
+        earlier = next((r for r in results["runs"] if r["n_videos"] == n), None)
+        kept = [e for e in (earlier or {}).get("engines", []) if e["engine"] not in engines]
+        results["runs"] = [r for r in results["runs"] if r["n_videos"] != n]
         run = {"n_videos": n, "spec": spec.__dict__ | {"similarity": dict(spec.similarity)}, "generate_s": gen_s,
                "queries": queries, "latency_queries": lat1, "latency_batches": lat32,
                "arrays_bytes": _dir_bytes(base) - (base / "index.json").stat().st_size,
-               "ground_truth_s": truth_s, "uptime": _uptime(), "engines": []}
+               "ground_truth_s": truth_s, "uptime": _uptime(), "engines": kept}
+        results["runs"].append(run)
+        results["runs"].sort(key=lambda r: r["n_videos"])
         for name in engines:
             # the scan is slow per query: fewer latency samples (its spread is small)
             l1, l32 = (min(lat1, max(5, 500_000 // n)), min(lat32, 2)) if name == "scan" else (lat1, lat32)
             _say(f"N={n}: {name} ...", err=True)
             row = bench_engine(name, base, text, truth, lat1=l1, lat32=l32, progress=progress)
+            row["uptime"] = _uptime()
             run["engines"].append(row)
+            _write(results, out)                 # each engine's row is kept even if a later one is stopped
             _say(f"N={n}: {name}: build {row['build_s']:.1f} s, p50 {row['batch1']['p50_ms']:.1f} ms, "
                        f"recall@10 {row['recall@10']:.4f}, re-scored {row['rescored_per_query_k10']:.1f}", err=True)
-        results["runs"].append(run)
-        results["runs"].sort(key=lambda r: r["n_videos"])
         if not keep:
             shutil.rmtree(base, ignore_errors=True)
         _write(results, out)
