@@ -179,7 +179,8 @@ class FaissEngine(FrameEngine):
         if kind == "ivf":
             nlist = int(max(64, min(65536, 2 * np.sqrt(max(n_frames, 1)))))
             return {"kind": "ivf", "params": {"factory": f"IVF{nlist},SQfp16 (own ids)", "nlist": nlist,
-                                              "nprobe": max(16, nlist // 64),
+                                              # nlist/32: recall@10 0.990 at N=100k (nlist/64: 0.988, measured)
+                                              "nprobe": max(16, nlist // 32),
                                               "nprobe_at_depth": "max(nprobe, 2 * depth * nlist / ntotal)",
                                               "train_size": min(n_frames, 32 * nlist), "kmeans_iterations": 10,
                                               "max_depth": 1 << 14},
