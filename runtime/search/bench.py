@@ -181,6 +181,8 @@ def run_bench(sizes, engines, out, work, *, frames=12, dim=512, queries=200, lat
         old = json.loads(previous.read_text())
         if (old.get("frames"), old.get("dim"), old.get("seed")) == (frames, dim, seed):
             results["runs"] = old.get("runs", [])
+            for r in results["runs"]:     # runs written before these fields existed: the invocation's value
+                r.setdefault("queries", old.get("queries"))
             results["engines"] = list(dict.fromkeys(old.get("engines", []) + list(engines)))
             results["uptime_start"] = old.get("uptime_start", results["uptime_start"])
     for n in sizes:
