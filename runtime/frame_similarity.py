@@ -20,7 +20,8 @@ blocks of ``video_chunk`` videos x ``text_chunk`` texts, so 10,000 texts against
 from __future__ import annotations
 
 import numbers
-from typing import Optional
+from dataclasses import dataclass
+from typing import Iterator, Optional
 
 import numpy as np
 
@@ -31,6 +32,8 @@ __all__ = [
     "MASK_FILL_VALUE",
     "effective_frame_mask",
     "similarity",
+    "FrameScores",
+    "frame_scores",
     "dsl_rescale",
 ]
 
@@ -174,6 +177,146 @@ def _l2_normalize_last(x: np.ndarray) -> np.ndarray:
     return x
 
 
+@dataclass(frozen=True)
+class _Inputs:
+    """Checked inputs of the similarity: what every block of :func:`_blocks` reads."""
+
+    text: np.ndarray        # [Nt, D], any float dtype (normalised per block in float32)
+    frames: np.ndarray      # [Nv, T, D], any float dtype, possibly an np.memmap
+    eff: np.ndarray         # [Nv, T] bool, the effective frame mask
+    scale: float
+    factor: float
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """(Nt, Nv, T, D)."""
+        nv, t, d = self.frames.shape
+        return self.text.shape[0], nv, t, d
+
+
+def _check_inputs(text_embeds, frame_embeds, frame_mask, logit_scale, frame_mask_mode, tokens_per_frame,
+                  softmax_factor) -> _Inputs:
+    """Validate the arguments shared by :func:`similarity` and :func:`frame_scores` (see there)."""
+    frame_mask_mode = _check_mode(frame_mask_mode)
+    text = _check_float_array("text_embeds", text_embeds, 2, "[Nt, D]")
+    frames = _check_float_array("frame_embeds", frame_embeds, 3, "[Nv, T, D]")
+    nt, d = text.shape
+    nv, t, d_frames = frames.shape
+    if d_frames != d:
+        raise ValueError(
+            f"frame_embeds must have shape [Nv, T, D] with D={d} to match text_embeds "
+            f"{_shape_str(text.shape)}; expected {_shape_str((nv, t, d))}, got "
+            f"{_shape_str(frames.shape)}"
+        )
+    if d == 0:
+        raise ValueError("embedding dimension D must be > 0, got text_embeds shape "
+                         f"{_shape_str(text.shape)}")
+    if t == 0:
+        raise ValueError(f"frame_embeds must have at least one frame, got shape "
+                         f"{_shape_str(frames.shape)}")
+    mask = _check_mask(frame_mask)
+    if mask.shape != (nv, t):
+        raise ValueError(
+            f"frame_mask must have shape [Nv, T] = {_shape_str((nv, t))} to match frame_embeds "
+            f"{_shape_str(frames.shape)}, got {_shape_str(mask.shape)}"
+        )
+    tokens_per_frame = _check_positive_int("tokens_per_frame", tokens_per_frame)
+    try:
+        scale = float(logit_scale)
+        factor = float(softmax_factor)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"logit_scale and softmax_factor must be real scalars, got {logit_scale!r} and "
+            f"{softmax_factor!r}"
+        ) from None
+    if not np.isfinite(scale) or scale <= 0:
+        raise ValueError(
+            f"logit_scale must be a finite positive number (exp of the model's logit_scale "
+            f"parameter, e.g. 100.0), got {logit_scale!r}"
+        )
+    if not np.isfinite(factor):
+        raise ValueError(f"softmax_factor must be finite, got {softmax_factor!r}")
+
+    # Effective mask for all videos up front: tiny ([Nv, T] bools) and lets us fail before
+    # spending minutes on a big matrix.
+    eff = effective_frame_mask(mask, frame_mask_mode, tokens_per_frame).astype(bool)
+    empty = np.flatnonzero(~eff.any(axis=1))
+    if empty.size:
+        shown = ", ".join(str(i) for i in empty[:10]) + (", ..." if empty.size > 10 else "")
+        hint = ""
+        if frame_mask_mode == "official":
+            hint = (
+                f" (in 'official' mode only frame_mask bits "
+                f"{sorted(set(((tokens_per_frame * np.arange(t)) % t).tolist()))} are read)"
+            )
+        raise ValueError(
+            f"frame_mask leaves no frame for {empty.size} video(s) under the effective "
+            f"{frame_mask_mode!r} mask: video index {shown}{hint}"
+        )
+
+    return _Inputs(text, frames, eff, scale, factor)
+
+
+@dataclass
+class _Block:
+    """One block of videos ``v0:v1`` x texts ``t0:t1``: the per-frame terms and the scores."""
+
+    v0: int
+    v1: int
+    t0: int
+    t1: int
+    cosines: np.ndarray     # s [vc, T, tc]
+    exp_weights: np.ndarray  # softmax numerators [vc, T, tc] (max-shifted exp; 0 on masked frames)
+    weight_sums: np.ndarray  # softmax denominators [vc, tc]
+    scores: np.ndarray      # [vc, tc] logit-scaled similarity
+
+
+def _blocks(inputs: _Inputs, text_chunk: int, video_chunk: int) -> Iterator[_Block]:
+    """The one implementation of the TS2-Net score, block by block (module docstring, steps 1-4).
+
+    :func:`similarity` keeps only the scores of each block; :func:`frame_scores` also keeps the
+    per-frame cosines and weights, so an explanation shows exactly the numbers a search ranked by.
+    """
+    text_chunk = _check_positive_int("text_chunk", text_chunk)
+    video_chunk = _check_positive_int("video_chunk", video_chunk)
+    nt, nv, t, d = inputs.shape
+    if nt == 0 or nv == 0:
+        return
+    # Texts are normalised once (Nt x D float32 is small); frames once per video block.
+    text32 = _l2_normalize_last(np.array(inputs.text, dtype=np.float32, copy=True))
+    scale32 = np.float32(inputs.scale)
+    factor32 = np.float32(inputs.factor)
+
+    for v0 in range(0, nv, video_chunk):
+        v1 = min(v0 + video_chunk, nv)
+        vc = v1 - v0
+        fr = _l2_normalize_last(np.array(inputs.frames[v0:v1], dtype=np.float32, copy=True))
+        fr2d = fr.reshape(vc * t, d)
+        m3 = inputs.eff[v0:v1, :, None]               # [vc, T, 1]
+        masked_out = ~m3
+        any_masked = bool(masked_out.any())
+        for t0 in range(0, nt, text_chunk):
+            t1 = min(t0 + text_chunk, nt)
+            tc = t1 - t0
+            # s[v, f, t]: cosine similarity of every frame with every text of the block.
+            s = np.matmul(fr2d, text32[t0:t1].T).reshape(vc, t, tc)
+            # u = s * m, L2-normalised over the frames of each (video, text) pair.
+            u = s * m3 if any_masked else s.copy()
+            norm = np.sqrt(np.einsum("vft,vft->vt", u, u))[:, None, :]
+            norm[norm == 0] = 1.0
+            u *= factor32 / norm                      # softmax_factor * u / ||u||
+            if any_masked:
+                np.copyto(u, np.float32(MASK_FILL_VALUE), where=masked_out)
+            # Softmax over frames (axis 1), max-shifted for stability, then the weighted mean.
+            u -= u.max(axis=1, keepdims=True)
+            np.exp(u, out=u)
+            den = u.sum(axis=1)
+            block = np.einsum("vft,vft->vt", u, s)
+            block /= den
+            block *= scale32
+            yield _Block(v0, v1, t0, t1, s, u, den, block)
+
+
 def similarity(
     text_embeds,
     frame_embeds,
@@ -225,65 +368,9 @@ def similarity(
     a zero vector, and if every masked-in similarity of a pair is exactly 0 the frames get equal
     weights (the reference would return NaN in both cases).
     """
-    frame_mask_mode = _check_mode(frame_mask_mode)
-    text = _check_float_array("text_embeds", text_embeds, 2, "[Nt, D]")
-    frames = _check_float_array("frame_embeds", frame_embeds, 3, "[Nv, T, D]")
-    nt, d = text.shape
-    nv, t, d_frames = frames.shape
-    if d_frames != d:
-        raise ValueError(
-            f"frame_embeds must have shape [Nv, T, D] with D={d} to match text_embeds "
-            f"{_shape_str(text.shape)}; expected {_shape_str((nv, t, d))}, got "
-            f"{_shape_str(frames.shape)}"
-        )
-    if d == 0:
-        raise ValueError("embedding dimension D must be > 0, got text_embeds shape "
-                         f"{_shape_str(text.shape)}")
-    if t == 0:
-        raise ValueError(f"frame_embeds must have at least one frame, got shape "
-                         f"{_shape_str(frames.shape)}")
-    mask = _check_mask(frame_mask)
-    if mask.shape != (nv, t):
-        raise ValueError(
-            f"frame_mask must have shape [Nv, T] = {_shape_str((nv, t))} to match frame_embeds "
-            f"{_shape_str(frames.shape)}, got {_shape_str(mask.shape)}"
-        )
-    tokens_per_frame = _check_positive_int("tokens_per_frame", tokens_per_frame)
-    text_chunk = _check_positive_int("text_chunk", text_chunk)
-    video_chunk = _check_positive_int("video_chunk", video_chunk)
-    try:
-        scale = float(logit_scale)
-        factor = float(softmax_factor)
-    except (TypeError, ValueError):
-        raise TypeError(
-            f"logit_scale and softmax_factor must be real scalars, got {logit_scale!r} and "
-            f"{softmax_factor!r}"
-        ) from None
-    if not np.isfinite(scale) or scale <= 0:
-        raise ValueError(
-            f"logit_scale must be a finite positive number (exp of the model's logit_scale "
-            f"parameter, e.g. 100.0), got {logit_scale!r}"
-        )
-    if not np.isfinite(factor):
-        raise ValueError(f"softmax_factor must be finite, got {softmax_factor!r}")
-
-    # Effective mask for all videos up front: tiny ([Nv, T] bools) and lets us fail before
-    # spending minutes on a big matrix.
-    eff = effective_frame_mask(mask, frame_mask_mode, tokens_per_frame).astype(bool)
-    empty = np.flatnonzero(~eff.any(axis=1))
-    if empty.size:
-        shown = ", ".join(str(i) for i in empty[:10]) + (", ..." if empty.size > 10 else "")
-        hint = ""
-        if frame_mask_mode == "official":
-            hint = (
-                f" (in 'official' mode only frame_mask bits "
-                f"{sorted(set(((tokens_per_frame * np.arange(t)) % t).tolist()))} are read)"
-            )
-        raise ValueError(
-            f"frame_mask leaves no frame for {empty.size} video(s) under the effective "
-            f"{frame_mask_mode!r} mask: video index {shown}{hint}"
-        )
-
+    inputs = _check_inputs(text_embeds, frame_embeds, frame_mask, logit_scale, frame_mask_mode,
+                           tokens_per_frame, softmax_factor)
+    nt, nv, _, _ = inputs.shape
     if out is None:
         out = np.empty((nt, nv), dtype=np.float32)
     else:
@@ -298,45 +385,57 @@ def similarity(
             raise TypeError(f"out must have dtype float32, got {out.dtype}")
         if not out.flags.writeable:
             raise ValueError("out must be writeable")
-    if nt == 0 or nv == 0:
-        return out
-
-    # Texts are normalised once (Nt x D float32 is small); frames once per video block.
-    text32 = _l2_normalize_last(np.array(text, dtype=np.float32, copy=True))
-    scale32 = np.float32(scale)
-    factor32 = np.float32(factor)
-
-    for v0 in range(0, nv, video_chunk):
-        v1 = min(v0 + video_chunk, nv)
-        vc = v1 - v0
-        fr = _l2_normalize_last(np.array(frames[v0:v1], dtype=np.float32, copy=True))
-        fr2d = fr.reshape(vc * t, d)
-        m3 = eff[v0:v1, :, None]                      # [vc, T, 1]
-        masked_out = ~m3
-        any_masked = bool(masked_out.any())
-        for t0 in range(0, nt, text_chunk):
-            t1 = min(t0 + text_chunk, nt)
-            tc = t1 - t0
-            # s[v, f, t]: cosine similarity of every frame with every text of the block.
-            s = np.matmul(fr2d, text32[t0:t1].T).reshape(vc, t, tc)
-            # u = s * m, L2-normalised over the frames of each (video, text) pair.
-            u = s * m3 if any_masked else s.copy()
-            norm = np.sqrt(np.einsum("vft,vft->vt", u, u))[:, None, :]
-            norm[norm == 0] = 1.0
-            u *= factor32 / norm                      # softmax_factor * u / ||u||
-            if any_masked:
-                np.copyto(u, np.float32(MASK_FILL_VALUE), where=masked_out)
-            # Softmax over frames (axis 1), max-shifted for stability, then the weighted mean.
-            u -= u.max(axis=1, keepdims=True)
-            np.exp(u, out=u)
-            num = np.einsum("vft,vft->vt", u, s)
-            den = u.sum(axis=1)
-            del s, u
-            block = num
-            block /= den
-            block *= scale32
-            out[t0:t1, v0:v1] = block.T
+    for block in _blocks(inputs, text_chunk, video_chunk):
+        out[block.t0:block.t1, block.v0:block.v1] = block.scores.T
     return out
+
+
+@dataclass(frozen=True)
+class FrameScores:
+    """The terms of the similarity for every (video, frame, text), as :func:`similarity` computes them.
+
+    ``cosines[v, f, t]`` is s_f, ``weights[v, f, t]`` is w_f (non-negative, summing to 1 over the
+    frames of ``effective_mask[v]``, exactly 0 elsewhere), ``scores[t, v]`` equals
+    ``similarity(...)[t, v]`` bit for bit (the same blocks of the same code), and
+    ``effective_mask[v, f]`` says which frames can get weight at all.
+    """
+
+    cosines: np.ndarray         # float32 [Nv, T, Nt]
+    weights: np.ndarray         # float32 [Nv, T, Nt]
+    scores: np.ndarray          # float32 [Nt, Nv]
+    effective_mask: np.ndarray  # bool [Nv, T]
+
+
+def frame_scores(
+    text_embeds,
+    frame_embeds,
+    frame_mask,
+    logit_scale: float,
+    frame_mask_mode: str,
+    *,
+    tokens_per_frame: int = 4,
+    softmax_factor: float = 4.0,
+    text_chunk: int = DEFAULT_TEXT_CHUNK,
+    video_chunk: int = DEFAULT_VIDEO_CHUNK,
+) -> FrameScores:
+    """The per-frame cosines and softmax weights behind :func:`similarity`, with its scores.
+
+    Same arguments, checks and errors as :func:`similarity`. Meant for explaining a few
+    (video, text) pairs: the result holds ``2 * Nv * T * Nt`` floats, unlike the blocked
+    :func:`similarity`. Pass the same ``text_chunk`` / ``video_chunk`` (or leave the defaults)
+    to get scores identical to a :func:`similarity` call on the same arrays.
+    """
+    inputs = _check_inputs(text_embeds, frame_embeds, frame_mask, logit_scale, frame_mask_mode,
+                           tokens_per_frame, softmax_factor)
+    nt, nv, t, _ = inputs.shape
+    cosines = np.zeros((nv, t, nt), np.float32)
+    weights = np.zeros((nv, t, nt), np.float32)
+    scores = np.zeros((nt, nv), np.float32)
+    for block in _blocks(inputs, text_chunk, video_chunk):
+        cosines[block.v0:block.v1, :, block.t0:block.t1] = block.cosines
+        weights[block.v0:block.v1, :, block.t0:block.t1] = block.exp_weights / block.weight_sums[:, None, :]
+        scores[block.t0:block.t1, block.v0:block.v1] = block.scores.T
+    return FrameScores(cosines, weights, scores, inputs.eff.copy())
 
 
 # --------------------------------------------------------------------------------------------
