@@ -20,6 +20,7 @@ COMMANDS = {
     "bench": ("runtime.bench", "bench_command", "Latency / throughput benchmark of a bundle's backends."),
     "index": ("runtime.index", "index_command", "Encode a folder of videos into a search index."),
     "search": ("runtime.index", "search_command", "Search an index with a text query."),
+    "explain": ("runtime.explain_cli", "explain_command", "Why a video matched a query: frame weights and selected patches (PNG + JSON)."),
 }
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -271,11 +271,14 @@ class _Block:
     scores: np.ndarray      # [vc, tc] logit-scaled similarity
 
 
-def _blocks(inputs: _Inputs, text_chunk: int, video_chunk: int) -> Iterator[_Block]:
+def _blocks(inputs: _Inputs, text_chunk: int, video_chunk: int,
+            video_starts: Optional[Sequence[int]] = None) -> Iterator[_Block]:
     """The one implementation of the TS2-Net score, block by block (module docstring, steps 1-4).
 
     :func:`similarity` keeps only the scores of each block; :func:`frame_scores` also keeps the
     per-frame cosines and weights, so an explanation shows exactly the numbers a search ranked by.
+    ``video_starts`` limits the walk to the video blocks starting there (multiples of
+    ``video_chunk``); every block is computed exactly as in the full walk.
     """
     text_chunk = _check_positive_int("text_chunk", text_chunk)
     video_chunk = _check_positive_int("video_chunk", video_chunk)
@@ -287,7 +290,7 @@ def _blocks(inputs: _Inputs, text_chunk: int, video_chunk: int) -> Iterator[_Blo
     scale32 = np.float32(inputs.scale)
     factor32 = np.float32(inputs.factor)
 
-    for v0 in range(0, nv, video_chunk):
+    for v0 in (range(0, nv, video_chunk) if video_starts is None else video_starts):
         v1 = min(v0 + video_chunk, nv)
         vc = v1 - v0
         fr = _l2_normalize_last(np.array(inputs.frames[v0:v1], dtype=np.float32, copy=True))
@@ -397,13 +400,15 @@ class FrameScores:
     ``cosines[v, f, t]`` is s_f, ``weights[v, f, t]`` is w_f (non-negative, summing to 1 over the
     frames of ``effective_mask[v]``, exactly 0 elsewhere), ``scores[t, v]`` equals
     ``similarity(...)[t, v]`` bit for bit (the same blocks of the same code), and
-    ``effective_mask[v, f]`` says which frames can get weight at all.
+    ``effective_mask[v, f]`` says which frames can get weight at all. ``videos[v]`` is the row
+    of ``frame_embeds`` that entry ``v`` describes.
     """
 
-    cosines: np.ndarray         # float32 [Nv, T, Nt]
-    weights: np.ndarray         # float32 [Nv, T, Nt]
-    scores: np.ndarray          # float32 [Nt, Nv]
-    effective_mask: np.ndarray  # bool [Nv, T]
+    videos: np.ndarray          # int64 [Nv']
+    cosines: np.ndarray         # float32 [Nv', T, Nt]
+    weights: np.ndarray         # float32 [Nv', T, Nt]
+    scores: np.ndarray          # float32 [Nt, Nv']
+    effective_mask: np.ndarray  # bool [Nv', T]
 
 
 def frame_scores(
@@ -417,25 +422,40 @@ def frame_scores(
     softmax_factor: float = 4.0,
     text_chunk: int = DEFAULT_TEXT_CHUNK,
     video_chunk: int = DEFAULT_VIDEO_CHUNK,
+    videos: Optional[Sequence[int]] = None,
 ) -> FrameScores:
     """The per-frame cosines and softmax weights behind :func:`similarity`, with its scores.
 
-    Same arguments, checks and errors as :func:`similarity`. Meant for explaining a few
-    (video, text) pairs: the result holds ``2 * Nv * T * Nt`` floats, unlike the blocked
-    :func:`similarity`. Pass the same ``text_chunk`` / ``video_chunk`` (or leave the defaults)
-    to get scores identical to a :func:`similarity` call on the same arrays.
+    Same arguments, checks and errors as :func:`similarity`, plus ``videos``: the rows of
+    ``frame_embeds`` to describe (default all). Only the video blocks holding those rows are
+    computed, each exactly as :func:`similarity` computes it, so with the same texts and chunk
+    sizes the scores are bit-identical to the matching entries of a full :func:`similarity`
+    call (block shapes change BLAS's summation order, hence the last float32 bits). This is
+    what lets an explanation reproduce a search's score over a large index at the cost of one
+    block. The result holds ``2 * Nv' * T * Nt`` floats: meant for a few videos.
     """
     inputs = _check_inputs(text_embeds, frame_embeds, frame_mask, logit_scale, frame_mask_mode,
                            tokens_per_frame, softmax_factor)
+    video_chunk = _check_positive_int("video_chunk", video_chunk)
     nt, nv, t, _ = inputs.shape
-    cosines = np.zeros((nv, t, nt), np.float32)
-    weights = np.zeros((nv, t, nt), np.float32)
-    scores = np.zeros((nt, nv), np.float32)
-    for block in _blocks(inputs, text_chunk, video_chunk):
-        cosines[block.v0:block.v1, :, block.t0:block.t1] = block.cosines
-        weights[block.v0:block.v1, :, block.t0:block.t1] = block.exp_weights / block.weight_sums[:, None, :]
-        scores[block.t0:block.t1, block.v0:block.v1] = block.scores.T
-    return FrameScores(cosines, weights, scores, inputs.eff.copy())
+    rows = np.arange(nv) if videos is None else np.asarray(videos, dtype=np.int64).reshape(-1)
+    if rows.size and (rows.min() < 0 or rows.max() >= nv):
+        raise ValueError(f"videos must be row numbers of frame_embeds in [0, {nv}), got {rows.tolist()}")
+    starts = sorted({int(r) // video_chunk * video_chunk for r in rows})
+    slots: dict[int, list[int]] = {}
+    for i, r in enumerate(rows):
+        slots.setdefault(int(r), []).append(i)
+    cosines = np.zeros((rows.size, t, nt), np.float32)
+    weights = np.zeros((rows.size, t, nt), np.float32)
+    scores = np.zeros((nt, rows.size), np.float32)
+    for block in _blocks(inputs, text_chunk, video_chunk, starts):
+        for v in range(block.v0, block.v1):
+            b = v - block.v0
+            for i in slots.get(v, ()):
+                cosines[i, :, block.t0:block.t1] = block.cosines[b]
+                weights[i, :, block.t0:block.t1] = block.exp_weights[b] / block.weight_sums[b][None, :]
+                scores[block.t0:block.t1, i] = block.scores[b]
+    return FrameScores(rows, cosines, weights, scores, inputs.eff[rows].copy())
 
 
 # --------------------------------------------------------------------------------------------

@@ -226,18 +226,11 @@ def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-scores, kind="stable")[:k]
 
 
-def search_index(index: VideoIndex, queries: Sequence[str], k: int = 10, *, bundle_dir=None,
-                 backend: str = "ort-cpu", batch_size: int = 16) -> list[dict[str, Any]]:
-    """Rank the indexed videos for each query by the TS2-Net similarity (logit-scaled scores).
-
-    The bundle defaults to the one recorded in the index; its id must match the index's.
-    Returns one ``{"query", "results": [{"rank", "video_id", "score", "path"}]}`` per query.
-    """
+def index_bundle(index: VideoIndex, bundle_dir=None):
+    """The bundle to encode queries for ``index`` with: ``bundle_dir``, else the one recorded in the
+    index; refused when its id differs from the index's (embeddings of two models do not compare)."""
     from .bundle import open_bundle
-    from .encoder import BundleEncoder
 
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
     path = Path(bundle_dir) if bundle_dir is not None else Path(index.meta["bundle"]["path"])
     if bundle_dir is None and not path.is_dir():
         raise VideoIndexError(f"{index.path}: the bundle recorded in the index, {path}, does not exist here; "
@@ -247,6 +240,21 @@ def search_index(index: VideoIndex, queries: Sequence[str], k: int = 10, *, bund
         raise VideoIndexError(f"{index.path} was built with bundle id {index.meta['bundle']['id']} but {path} has id "
                           f"{bundle.sha256}: its text embeddings are not comparable; pass the original --bundle "
                           "or rebuild the index")
+    return bundle
+
+
+def search_index(index: VideoIndex, queries: Sequence[str], k: int = 10, *, bundle_dir=None,
+                 backend: str = "ort-cpu", batch_size: int = 16) -> list[dict[str, Any]]:
+    """Rank the indexed videos for each query by the TS2-Net similarity (logit-scaled scores).
+
+    The bundle defaults to the one recorded in the index; its id must match the index's.
+    Returns one ``{"query", "results": [{"rank", "video_id", "score", "path"}]}`` per query.
+    """
+    from .encoder import BundleEncoder
+
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    bundle = index_bundle(index, bundle_dir)
     with BundleEncoder(bundle, backend=backend, precision=index.meta["precision"], batch_size=batch_size) as enc:
         text = np.asarray(enc.encode_texts(list(queries)), np.float32)
     sim = similarity(text, index.frame_embeds, index.frame_mask, **index.similarity_args)
@@ -316,12 +324,25 @@ def index_command(bundle_dir, videos_dir, out, backend, precision, dtype, skip_b
 @click.option("--backend", default="ort-cpu", show_default=True, help="Backend for encoding the query.")
 @click.option("--json", "as_json", is_flag=True,
               help='Print JSON: a list of {"query", "results": [{"rank", "video_id", "score", "path"}]}.')
-def search_command(index_dir, queries, k, bundle_dir, backend, as_json):
+@click.option("--explain", "explain_dir", type=click.Path(file_okay=False), default=None,
+              help="Also write an explanation (PNG + JSON) of every returned video and an index.html into this "
+                   "folder (see `ts2net explain`).")
+def search_command(index_dir, queries, k, bundle_dir, backend, as_json, explain_dir):
     """Rank the indexed videos for a text query (scores: logit-scaled TS2-Net similarity)."""
     def run():
         return search_index(open_index(index_dir), list(queries), k, bundle_dir=bundle_dir, backend=backend)
 
     results = _click_errors(run)
+    _print_results(results, as_json)
+    if explain_dir is not None:
+        from .explanation import explain_search
+
+        page = _click_errors(lambda: explain_search(open_index(index_dir), results, explain_dir,
+                                                    bundle_dir=bundle_dir, backend=backend))
+        click.echo(f"explanations: {page}", err=True)
+
+
+def _print_results(results, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(results, indent=1))  # always a list, one entry per query
         return
