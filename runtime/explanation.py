@@ -458,10 +458,11 @@ def render_png(expl: Explanation, path: str | os.PathLike) -> tuple[int, int]:
             caption = f"#{f.slot}  t = {f.time_s:.2f} s  (frame {f.frame_number})"
             ax.imshow(_to_rgb(expl.pixels[f.slot], expl.mean, expl.std), extent=(0, size, size, 0),
                       interpolation="nearest")
+            inset = patch * 0.06  # keeps outlines on the image's edge cells fully visible
             for p in f.patches:
-                for colour, lw in (("black", 3.6), ("#ffe000", 1.8)):
-                    ax.add_patch(Rectangle((p.col * patch, p.row * patch), patch, patch, fill=False,
-                                           edgecolor=colour, linewidth=lw))
+                for colour, lw in (("black", 2.8), ("#ffe000", 1.4)):
+                    ax.add_patch(Rectangle((p.col * patch + inset, p.row * patch + inset), patch - 2 * inset,
+                                           patch - 2 * inset, fill=False, edgecolor=colour, linewidth=lw))
             if not f.counted:
                 ax.add_patch(Rectangle((0, 0), size, size, facecolor="white", alpha=0.55, edgecolor="none"))
                 ax.text(size / 2, size / 2, "not counted\n(official frame mask)", ha="center", va="center",
