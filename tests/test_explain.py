@@ -349,3 +349,20 @@ def test_changed_video_is_refused_from_the_index(bundle_dir, tmp_path, tmp_path_
     shutil.copy(videos / "video5.mp4", videos / "video0.mp4")
     result = CliRunner().invoke(main, ["explain", "--index", str(tmp_path / "index"), "video0", "a query"])
     _one_line_error(result, "changed since it was indexed", "video0.mp4")
+
+
+def test_model_without_token_selection_is_explained_without_patches(tmp_path, tmp_path_factory):
+    """A CLS-only model (token_selection off) has no patch_indices output: the weights and cosines
+    are still explained, the picture says that no patches are selected."""
+    from export.bundle import export_bundle
+
+    bundle = tmp_path / "cls-only"
+    export_bundle(bundle, progress=False, token_selection=False)
+    assert "patch_indices" not in [o["name"] for o in json.loads((bundle / "manifest.json").read_text())
+                                   ["graphs"]["video"]["fp32"]["outputs"]]
+    result = explain(bundle, shared_videos(tmp_path_factory) / "video3.mp4", caption(3))
+    assert result.grid["top_k"] is None and all(f.patches == () for f in result.frames)
+    assert sum(f.weight for f in result.frames if f.counted) == pytest.approx(1.0, abs=1e-6)
+    png, js = result.write(tmp_path)
+    assert Image.open(png).size == figure_size_px(12)
+    assert all(f["patches"] == [] for f in json.loads(js.read_text())["frames"])
