@@ -229,6 +229,28 @@ def test_patch_rows_and_cols_follow_the_graphs_row_major_order(selector_bundle, 
             assert [p["token"] for p in frame["patches"]] == (indices + 1).tolist()
         for frame in data["frames"][:2]:
             assert sorted((p["row"], p["col"]) for p in frame["patches"]) == sorted(cells)
+        assert outlined_cells(tmp_path / data["image"]["file"], slot=0, grid=4) == sorted(cells)
+
+
+def outlined_cells(png: Path, slot: int, grid: int) -> list[tuple[int, int]]:
+    """Grid cells of one thumbnail in the PNG that hold the yellow selection outline."""
+    from runtime import explanation as ex
+
+    image = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    row, col = divmod(slot, ex.COLUMNS)
+    left = ex.MARGIN_IN + col * ex.PANEL_W_IN + (ex.PANEL_W_IN - ex.THUMB_IN) / 2
+    top = ex.TITLE_IN + row * ex.PANEL_H_IN + ex.CAPTION_IN
+    x0, y0, side = round(left * ex.DPI), round(top * ex.DPI), round(ex.THUMB_IN * ex.DPI)
+    thumb = image[y0:y0 + side, x0:x0 + side]
+    yellow = (thumb[..., 0] > 200) & (thumb[..., 1] > 180) & (thumb[..., 2] < 90)
+    cell = side / grid
+    found = []
+    for r in range(grid):
+        for c in range(grid):
+            box = yellow[int(r * cell) + 2:int((r + 1) * cell) - 2, int(c * cell) + 2:int((c + 1) * cell) - 2]
+            if box.sum() > 60:
+                found.append((r, c))
+    return found
 
 
 def test_official_mask_weights_padding_slots_and_sums_to_one(selector_bundle, tmp_path):
