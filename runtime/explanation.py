@@ -126,7 +126,7 @@ class Explanation:
         width, height = render_png(self, png)
         data = self.to_dict()
         data["image"] = {"file": png.name, "width": width, "height": height}
-        atomic_write_text(js, json.dumps(data, indent=1) + "\n")
+        atomic_write_text(js, json.dumps(data, indent=1, allow_nan=False) + "\n")
         return png, js
 
 
@@ -183,6 +183,11 @@ def _build(bundle: Bundle, query: str, path: str, video_id: str, sampled: Sample
            patch_indices: np.ndarray | None, similarity_args: dict[str, Any], backend: str,
            precision: str) -> Explanation:
     """The explanation of one video (``terms`` describes exactly one) for text ``column`` of ``terms``."""
+    numbers = (terms.cosines[0, :, column], terms.weights[0, :, column], terms.scores[column, :1])
+    if not all(np.isfinite(a).all() for a in numbers):
+        raise ExplainError(f"{path}: the similarity of this video holds non-finite numbers (NaN/inf) under "
+                           f"{backend} {precision}: its frame embeddings are broken; check the bundle with "
+                           f"`ts2net parity --backend {backend} --precision {precision}`")
     patch_size = int(bundle.model["patch_size"])
     grid = bundle.image_size // patch_size
     patches = _patches(None if patch_indices is None else patch_indices[0], grid, str(path))

@@ -388,3 +388,18 @@ def test_model_without_token_selection_is_explained_without_patches(tmp_path, tm
     png, js = result.write(tmp_path)
     assert Image.open(png).size == figure_size_px(12)
     assert all(f["patches"] == [] for f in json.loads(js.read_text())["frames"])
+
+
+def test_non_finite_embeddings_are_refused(bundle_dir, tmp_path_factory, monkeypatch):
+    from runtime.encoder import BundleEncoder
+
+    real = BundleEncoder.encode_frames
+
+    def broken(self, frames, mask, progress=False):
+        embeds, indices = real(self, frames, mask, progress)
+        embeds[0, 0, 0] = np.nan
+        return embeds, indices
+
+    monkeypatch.setattr(BundleEncoder, "encode_frames", broken)
+    with pytest.raises(ExplainError, match="non-finite numbers.*ts2net parity --backend ort-cpu --precision fp32"):
+        explain(bundle_dir, shared_videos(tmp_path_factory) / "video1.mp4", "a query")
