@@ -92,6 +92,7 @@ class Explanation:
     pixels: np.ndarray = field(default=None, repr=False)   # float32 [T, 3, S, S], the normalised graph input
     mean: tuple[float, ...] = CLIP_MEAN
     std: tuple[float, ...] = CLIP_STD
+    files: Optional[tuple[Path, Path]] = None   # (png, json) once written
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -127,6 +128,7 @@ class Explanation:
         data = self.to_dict()
         data["image"] = {"file": png.name, "width": width, "height": height}
         atomic_write_text(js, json.dumps(data, indent=1, allow_nan=False) + "\n")
+        self.files = (png, js)
         return png, js
 
 
