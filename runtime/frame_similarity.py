@@ -16,6 +16,10 @@ The full ``[Nv, T, Nt]`` tensor of step 2 is never materialised: :func:`similari
 blocks of ``video_chunk`` videos x ``text_chunk`` texts, so 10,000 texts against 100,000 videos
 (T=12) needs a few tens of MiB of scratch instead of ~48 GB. The ``[Nt, Nv]`` result itself
 (4 GB at that size) can be written into a caller-supplied array such as an ``np.memmap``.
+
+:func:`frame_scores` returns the per-frame terms of step 3 and 4 (``s`` and the weights) for a
+few videos, from the same blocks :func:`similarity` walks (``_blocks``, the one implementation),
+so ``ts2net explain`` shows exactly the numbers a search or an evaluation ranked by.
 """
 from __future__ import annotations
 
