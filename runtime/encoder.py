@@ -19,7 +19,8 @@ from tqdm import tqdm
 
 from .backends import Backend, create_backend
 from .bundle import Bundle, open_bundle
-from .video import CLIP_MEAN, CLIP_STD, SampledVideo, VideoDecodeError, sample_video
+from .bundle_format import CLIP_MEAN, CLIP_STD
+from .video import SampledVideo, VideoDecodeError, sample_video
 
 
 @dataclass

@@ -37,7 +37,8 @@ from .bundle import Bundle, open_bundle
 from .encoder import BundleEncoder, sample_bundle_video
 from .files import atomic_write_bytes, atomic_write_text, sha256_file
 from .frame_similarity import frame_scores
-from .video import CLIP_MEAN, CLIP_STD, SampledVideo
+from .bundle_format import CLIP_MEAN, CLIP_STD
+from .video import SampledVideo
 
 __all__ = ["EXPLANATION_FORMAT", "ExplainError", "Explanation", "FrameDetail", "explain", "explain_indexed",
            "explain_search", "figure_size_px"]
@@ -207,7 +208,7 @@ def _build(bundle: Bundle, query: str, path: str, video_id: str, sampled: Sample
         similarity=dict(similarity_args),
         grid={"rows": grid, "cols": grid, "patch_size": patch_size, "image_size": bundle.image_size,
               "top_k": bundle.top_k},
-        bundle={"path": str(bundle.path), "id": bundle.sha256, "model": bundle.model.get("name")},
+        bundle={"path": str(bundle.path), "id": bundle.content_id, "model": bundle.model.get("name")},
         backend=backend, precision=precision, fps=sampled.fps, decoded_frames=sampled.decoded_frames,
         pixels=sampled.frames, mean=tuple(pre.get("mean", CLIP_MEAN)), std=tuple(pre.get("std", CLIP_STD)))
 

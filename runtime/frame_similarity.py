@@ -29,6 +29,8 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
+from .bundle_format import FRAME_MASK_MODES, MASKED_FRAME_VALUE
+
 __all__ = [
     "FRAME_MASK_MODES",
     "DEFAULT_TEXT_CHUNK",
@@ -41,9 +43,6 @@ __all__ = [
     "dsl_rescale",
 ]
 
-#: Accepted values of ``frame_mask_mode``. "official" reproduces the mask quirk of the released
-#: TS2-Net code (the checkpoints were trained and evaluated with it); "fixed" uses the mask as given.
-FRAME_MASK_MODES = ("official", "fixed")
 
 #: Default block sizes of :func:`similarity`. One float32 scratch block is
 #: ``video_chunk * T * text_chunk * 4`` bytes = 12 MiB for T=12, and the loop keeps about two of
@@ -52,9 +51,9 @@ FRAME_MASK_MODES = ("official", "fixed")
 DEFAULT_TEXT_CHUNK = 1024
 DEFAULT_VIDEO_CHUNK = 256
 
-#: Value the reference writes into masked frames before the softmax (``masked_fill(-1e18)``).
-#: Any finite value far below ``-softmax_factor`` gives an exact zero weight after ``exp``.
-MASK_FILL_VALUE = -1e18
+#: Value written into masked frames before the softmax, owned by the bundle format (the manifest
+#: records it as similarity.masked_frame_value).
+MASK_FILL_VALUE = MASKED_FRAME_VALUE
 
 
 # --------------------------------------------------------------------------------------------
@@ -198,9 +197,13 @@ class _Inputs:
         return self.text.shape[0], nv, t, d
 
 
-def _check_inputs(text_embeds, frame_embeds, frame_mask, logit_scale, frame_mask_mode, tokens_per_frame,
-                  softmax_factor) -> _Inputs:
-    """Validate the arguments shared by :func:`similarity` and :func:`frame_scores` (see there)."""
+def _validated_inputs(text_embeds, frame_embeds, frame_mask, logit_scale, frame_mask_mode, tokens_per_frame,
+                      softmax_factor) -> _Inputs:
+    """Every input check shared by :func:`similarity` and :func:`frame_scores`, before any work.
+
+    Each error names the argument and the expected vs received shape or dtype; a video left without a
+    frame by its effective mask is refused here, so a big matrix never fails half way.
+    """
     frame_mask_mode = _check_mode(frame_mask_mode)
     text = _check_float_array("text_embeds", text_embeds, 2, "[Nt, D]")
     frames = _check_float_array("frame_embeds", frame_embeds, 3, "[Nv, T, D]")
@@ -375,7 +378,7 @@ def similarity(
     a zero vector, and if every masked-in similarity of a pair is exactly 0 the frames get equal
     weights (the reference would return NaN in both cases).
     """
-    inputs = _check_inputs(text_embeds, frame_embeds, frame_mask, logit_scale, frame_mask_mode,
+    inputs = _validated_inputs(text_embeds, frame_embeds, frame_mask, logit_scale, frame_mask_mode,
                            tokens_per_frame, softmax_factor)
     nt, nv, _, _ = inputs.shape
     if out is None:
@@ -438,7 +441,7 @@ def frame_scores(
     what lets an explanation reproduce a search's score over a large index at the cost of one
     block. The result holds ``2 * Nv' * T * Nt`` floats: meant for a few videos.
     """
-    inputs = _check_inputs(text_embeds, frame_embeds, frame_mask, logit_scale, frame_mask_mode,
+    inputs = _validated_inputs(text_embeds, frame_embeds, frame_mask, logit_scale, frame_mask_mode,
                            tokens_per_frame, softmax_factor)
     video_chunk = _check_positive_int("video_chunk", video_chunk)
     nt, nv, t, _ = inputs.shape

@@ -13,18 +13,18 @@ import shutil
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
 
 import runtime
-from runtime.cli import main
+from cli.main import main
 from runtime.explanation import ExplainError, explain, explain_indexed, figure_size_px
 from runtime.frame_similarity import frame_scores, similarity
 from runtime.index import build_index, open_index, search_index
-from test_eval import caption, shared_bundle, shared_videos
+from media import write_video
+from retrieval_data import caption
 
 # --------------------------------------------------------------------------------------------
 # fixtures
@@ -32,15 +32,10 @@ from test_eval import caption, shared_bundle, shared_videos
 
 
 @pytest.fixture(scope="session")
-def bundle_dir(tmp_path_factory) -> Path:
-    return shared_bundle(tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
-def index_dir(bundle_dir, tmp_path_factory) -> Path:
-    """A float32 index of the six shared clips (1 to 5 sampled frames of 12)."""
+def index_dir(bundle_dir, colour_clips, tmp_path_factory) -> Path:
+    """A float32 index of the session's six colour clips (1 to 5 sampled frames of 12)."""
     out = tmp_path_factory.mktemp("explain-index") / "index"
-    build_index(bundle_dir, shared_videos(tmp_path_factory), out, cache_dir=False, dtype="float32", progress=False)
+    build_index(bundle_dir, colour_clips, out, cache_dir=False, dtype="float32", progress=False)
     return out
 
 
@@ -49,18 +44,11 @@ def write_blocks_clip(path: Path, cells, seconds: float = 3.0, fps=10, size: int
     img = np.full((size, size, 3), 20, np.uint8)
     for row, col in cells:
         img[row * 8:row * 8 + 8, col * 8:col * 8 + 8] = 240
-    container = av.open(str(path), "w")
-    stream = container.add_stream("mpeg4", rate=fps)
-    stream.width = stream.height = size
-    stream.pix_fmt = "yuv420p"
-    stream.bit_rate = 4_000_000
-    for _ in range(int(round(seconds * float(fps)))):
-        for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-            container.mux(packet)
-    for packet in stream.encode():
-        container.mux(packet)
-    container.close()
-    return path
+
+    def high_bit_rate(stream):
+        stream.bit_rate = 4_000_000
+
+    return write_video(path, (img for _ in range(int(round(seconds * float(fps))))), fps, configure=high_bit_rate)
 
 
 def brightness_selector_model():
@@ -108,7 +96,7 @@ def brightness_selector_model():
 
 @pytest.fixture(scope="session")
 def selector_bundle(tmp_path_factory) -> Path:
-    from export.bundle import export_bundle
+    from export.exporter import export_bundle
     from ts2net.checkpoint import save_model
 
     root = tmp_path_factory.mktemp("selector")
@@ -273,8 +261,8 @@ def test_official_mask_weights_padding_slots_and_sums_to_one(selector_bundle, tm
 # explain: files, CLI, search --explain
 # --------------------------------------------------------------------------------------------
 
-def test_cli_explain_writes_png_and_json(bundle_dir, tmp_path_factory, tmp_path):
-    clip = shared_videos(tmp_path_factory) / "video2.mp4"
+def test_cli_explain_writes_png_and_json(bundle_dir, colour_clips, tmp_path):
+    clip = colour_clips / "video2.mp4"
     result = CliRunner().invoke(main, ["explain", "--bundle", str(bundle_dir), str(clip), caption(2),
                                        "--out", str(tmp_path), "--precision", "fp16"])
     assert result.exit_code == 0, result.output
@@ -325,9 +313,9 @@ def _one_line_error(result, *fragments):
         assert fragment in lines[0], lines[0]
 
 
-def test_bad_inputs_give_clear_one_line_errors(bundle_dir, index_dir, tmp_path, tmp_path_factory):
+def test_bad_inputs_give_clear_one_line_errors(bundle_dir, index_dir, tmp_path, colour_clips):
     runner = CliRunner()
-    clip = shared_videos(tmp_path_factory) / "video1.mp4"
+    clip = colour_clips / "video1.mp4"
     garbage = tmp_path / "broken.mp4"
     garbage.write_bytes(b"not a video at all" * 100)
     _one_line_error(runner.invoke(main, ["explain", "--bundle", str(bundle_dir), str(garbage), "a query"]),
@@ -364,25 +352,25 @@ def test_bad_inputs_give_clear_one_line_errors(bundle_dir, index_dir, tmp_path, 
         runtime.explain(bundle_dir, clip, " ")
 
 
-def test_changed_video_is_refused_from_the_index(bundle_dir, tmp_path, tmp_path_factory):
+def test_changed_video_is_refused_from_the_index(bundle_dir, tmp_path, colour_clips):
     videos = tmp_path / "videos"
-    shutil.copytree(shared_videos(tmp_path_factory), videos)
+    shutil.copytree(colour_clips, videos)
     build_index(bundle_dir, videos, tmp_path / "index", cache_dir=False, progress=False)
     shutil.copy(videos / "video5.mp4", videos / "video0.mp4")
     result = CliRunner().invoke(main, ["explain", "--index", str(tmp_path / "index"), "video0", "a query"])
     _one_line_error(result, "changed since it was indexed", "video0.mp4")
 
 
-def test_model_without_token_selection_is_explained_without_patches(tmp_path, tmp_path_factory):
+def test_model_without_token_selection_is_explained_without_patches(tmp_path, colour_clips):
     """A CLS-only model (token_selection off) has no patch_indices output: the weights and cosines
     are still explained, the picture says that no patches are selected."""
-    from export.bundle import export_bundle
+    from export.exporter import export_bundle
 
     bundle = tmp_path / "cls-only"
     export_bundle(bundle, progress=False, token_selection=False)
     assert "patch_indices" not in [o["name"] for o in json.loads((bundle / "manifest.json").read_text())
                                    ["graphs"]["video"]["fp32"]["outputs"]]
-    result = explain(bundle, shared_videos(tmp_path_factory) / "video3.mp4", caption(3))
+    result = explain(bundle, colour_clips / "video3.mp4", caption(3))
     assert result.grid["top_k"] is None and all(f.patches == () for f in result.frames)
     assert sum(f.weight for f in result.frames if f.counted) == pytest.approx(1.0, abs=1e-6)
     png, js = result.write(tmp_path)
@@ -390,7 +378,7 @@ def test_model_without_token_selection_is_explained_without_patches(tmp_path, tm
     assert all(f["patches"] == [] for f in json.loads(js.read_text())["frames"])
 
 
-def test_non_finite_embeddings_are_refused(bundle_dir, tmp_path_factory, monkeypatch):
+def test_non_finite_embeddings_are_refused(bundle_dir, colour_clips, monkeypatch):
     from runtime.encoder import BundleEncoder
 
     real = BundleEncoder.encode_frames
@@ -402,4 +390,4 @@ def test_non_finite_embeddings_are_refused(bundle_dir, tmp_path_factory, monkeyp
 
     monkeypatch.setattr(BundleEncoder, "encode_frames", broken)
     with pytest.raises(ExplainError, match="non-finite numbers.*ts2net parity --backend ort-cpu --precision fp32"):
-        explain(bundle_dir, shared_videos(tmp_path_factory) / "video1.mp4", "a query")
+        explain(bundle_dir, colour_clips / "video1.mp4", "a query")

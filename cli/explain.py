@@ -3,19 +3,20 @@ from __future__ import annotations
 
 import click
 
+from cli.errors import CommandError
+from runtime.explanation import explain, explain_indexed
+from runtime.index import open_index
+
 
 def explain_errors(action):
-    """Run ``action``, turning every expected failure into a one-line click error."""
-    from .backends import BackendUnavailable
-    from .bundle import BundleError
-    from .video import VideoDecodeError
+    """Run ``action``, turning every expected failure into a one-line error (exit code 1)."""
+    from runtime.backends import BackendUnavailable
+    from runtime.video import VideoDecodeError
 
     try:
         return action()
-    except VideoDecodeError as exc:
-        raise click.ClickException(str(exc)) from exc
-    except (ValueError, BundleError, BackendUnavailable) as exc:  # ExplainError, VideoIndexError, settings
-        raise click.ClickException(str(exc)) from exc
+    except (VideoDecodeError, ValueError, BackendUnavailable) as exc:  # ExplainError, BundleError, VideoIndexError
+        raise CommandError(str(exc)) from exc
 
 
 @click.command("explain")
@@ -34,9 +35,6 @@ def explain_errors(action):
               help="Graph precision (fp32, fp16, ...) [default: the backend's; with --index, the index's].")
 def explain_command(video, query, bundle_dir, index_dir, out_dir, backend, precision):
     """Explain a video's score for a text query: frame weights, cosines and the selected patches."""
-    from .explanation import explain, explain_indexed
-    from .index import open_index
-
     def run():
         if index_dir is None:
             if bundle_dir is None:
