@@ -359,6 +359,9 @@ def test_changed_video_is_refused_from_the_index(bundle_dir, tmp_path, colour_cl
     shutil.copy(videos / "video5.mp4", videos / "video0.mp4")
     result = CliRunner().invoke(main, ["explain", "--index", str(tmp_path / "index"), "video0", "a query"])
     _one_line_error(result, "changed since it was indexed", "video0.mp4")
+    (videos / "video1.mp4").unlink()
+    result = CliRunner().invoke(main, ["explain", "--index", str(tmp_path / "index"), "video1", "a query"])
+    _one_line_error(result, "video1.mp4", "is missing")
 
 
 def test_model_without_token_selection_is_explained_without_patches(tmp_path, colour_clips):
