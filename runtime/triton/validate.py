@@ -1,0 +1,265 @@
+"""`ts2net triton --check REPO`: a Triton model repository checked offline, every problem at once.
+
+Triton itself only finds a bad config when the server loads it, one model at a time, on the
+production machine. This finds the same mistakes here, without a server:
+
+* every `config.pbtxt` parses as `ModelConfig` (tritonclient's protobuf, protobuf's text format);
+* its name, platform/backend and model file agree with the folder;
+* the model file exists, has the sha256 recorded at writing, and its inputs / outputs (read from
+  the ONNX graph with `onnx`; a TensorRT plan is checked against its manifest entry, since reading
+  a plan needs TensorRT and the GPU it was built for) have the config's names, `TYPE_*` dtypes and
+  dims, with the batch as the leading dynamic axis when `max_batch_size` > 0;
+* the same tensors agree with the bundle's manifest (the record `ts2net-repository.json` keeps the
+  manifest entries; the bundle itself is compared too when it is given or still at its path);
+* batch limits: preferred sizes and warmup batches within `max_batch_size`, and for TensorRT
+  `max_batch_size` within the engine's optimization profile;
+* warmup inputs name the model's inputs with their dtypes and dims.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..bundle import Bundle, BundleError, open_bundle
+from ..files import sha256_file
+from . import MODEL_NAMES
+from .repository import BACKEND_FIELDS, REPOSITORY_FILE, REPOSITORY_FORMAT, TRITON_DTYPES, import_model_config
+
+# ONNX TensorProto element type -> manifest dtype
+ONNX_DTYPES = {1: "float32", 10: "float16", 7: "int64", 6: "int32", 9: "bool", 3: "int8", 2: "uint8"}
+
+
+def _onnx_tensors(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(inputs, outputs) of an ONNX graph as {name, dtype, shape} with named / unknown dims as strings."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    initializers = {i.name for i in model.graph.initializer}
+
+    def describe(value) -> dict[str, Any]:
+        tensor = value.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tensor.shape.dim]
+        return {"name": value.name, "dtype": ONNX_DTYPES.get(tensor.elem_type, f"onnx elem_type {tensor.elem_type}"),
+                "shape": shape}
+
+    return ([describe(v) for v in model.graph.input if v.name not in initializers],
+            [describe(v) for v in model.graph.output])
+
+
+def _dtype_name(mc, value: int) -> str:
+    return mc.DataType.Name(value)
+
+
+def _compare_config_tensors(where: str, kind: str, config_tensors, expected: list[Mapping[str, Any]],
+                            batched: bool, against: str, mc) -> list[str]:
+    """Config inputs/outputs vs tensors {name, dtype, shape} (shape including the batch axis)."""
+    problems = []
+    by_name = {t.name: t for t in config_tensors}
+    wanted = {t["name"]: t for t in expected}
+    for name in sorted(set(wanted) - set(by_name)):
+        problems.append(f"{where}: {against} has {kind} {name!r}, the config does not")
+    for name in sorted(set(by_name) - set(wanted)):
+        problems.append(f"{where}: config {kind} {name!r} is not a {kind} of {against} (it has {sorted(wanted)})")
+    for name in sorted(set(by_name) & set(wanted)):
+        tensor, spec = by_name[name], wanted[name]
+        want_type = TRITON_DTYPES.get(spec["dtype"], f"unsupported dtype {spec['dtype']}")
+        if _dtype_name(mc, tensor.data_type) != want_type:
+            problems.append(f"{where}: {kind} {name!r} has data_type {_dtype_name(mc, tensor.data_type)}, {against} "
+                            f"has {spec['dtype']} ({want_type})")
+        shape = list(spec["shape"])
+        if batched:
+            if not shape or isinstance(shape[0], int):
+                problems.append(f"{where}: {kind} {name!r}: max_batch_size > 0 needs a dynamic leading batch axis, "
+                                f"{against} has shape {shape}")
+                continue
+            shape = shape[1:]
+        dims = list(tensor.dims)
+        expected_dims = [d if isinstance(d, int) else -1 for d in shape]
+        if dims != expected_dims:
+            problems.append(f"{where}: {kind} {name!r} has dims {dims}, {against} has {expected_dims} "
+                            f"(shape {list(spec['shape'])}{', batch excluded' if batched else ''})")
+    return problems
+
+
+def _load_record(repo: Path, problems: list[str]) -> dict[str, Any] | None:
+    path = repo / REPOSITORY_FILE
+    if not path.is_file():
+        problems.append(f"{path}: missing (write the repository with `ts2net triton`); configs are checked against "
+                        "their graph files only")
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        problems.append(f"{path}: not readable JSON ({exc})")
+        return None
+    if not isinstance(record, dict) or record.get("format") != REPOSITORY_FORMAT or not isinstance(
+            record.get("models"), dict):
+        problems.append(f"{path}: not a {REPOSITORY_FORMAT} record (format/models missing)")
+        return None
+    return record
+
+
+def _open_record_bundle(record: Mapping[str, Any] | None) -> Bundle | None:
+    """The bundle the repository was written from, when it is still where it was (else None)."""
+    path = (record or {}).get("bundle", {}).get("path")
+    if not path or not (Path(path) / "manifest.json").is_file():
+        return None
+    try:
+        return open_bundle(path, verify=False)
+    except BundleError:
+        return None
+
+
+def check_model(repo: Path, name: str, graph: str, entry: Mapping[str, Any] | None, bundle: Bundle | None,
+                mc, text_format) -> list[str]:
+    """Every problem of one model folder."""
+    folder = repo / name
+    config_path = folder / "config.pbtxt"
+    if not folder.is_dir():
+        return [f"{folder}: model folder missing"]
+    if not config_path.is_file():
+        return [f"{config_path}: missing"]
+    config = mc.ModelConfig()
+    try:
+        text_format.Parse(config_path.read_text(encoding="utf-8"), config)
+    except (text_format.ParseError, UnicodeDecodeError) as exc:
+        return [f"{config_path}: does not parse as a Triton ModelConfig: {exc}"]
+    where = str(config_path)
+    problems = []
+    if config.name and config.name != name:
+        problems.append(f"{where}: name {config.name!r} differs from its folder {name!r} (Triton refuses to load it)")
+    kind = next((k for k, (platform, backend, _) in BACKEND_FIELDS.items()
+                 if (platform and config.platform == platform) or (backend and config.backend == backend)), None)
+    if kind is None:
+        problems.append(f"{where}: platform {config.platform!r} / backend {config.backend!r} is none of "
+                        f"onnxruntime_onnx, tensorrt_plan, openvino")
+        return problems
+    if entry and entry.get("backend") and entry["backend"] != kind:
+        problems.append(f"{where}: the config is for Triton's {kind} backend, {REPOSITORY_FILE} says "
+                        f"{entry['backend']}")
+    filename = config.default_model_filename or BACKEND_FIELDS[kind][2]
+    model_path = folder / "1" / filename
+    batched = config.max_batch_size > 0
+    source = dict(entry["source"]) if entry and isinstance(entry.get("source"), Mapping) else None
+
+    # --- the model file: present, unchanged, and (ONNX) with the config's I/O
+    if not model_path.is_file():
+        problems.append(f"{model_path}: model file missing (the config names {filename!r})")
+    else:
+        if source and source.get("sha256") and sha256_file(model_path) != source["sha256"]:
+            problems.append(f"{model_path}: sha256 differs from the bundle file it was copied from "
+                            f"({source.get('file')}): the file was altered; rewrite the repository")
+        if kind != "tensorrt":
+            try:
+                graph_inputs, graph_outputs = _onnx_tensors(model_path)
+            except Exception as exc:  # noqa: BLE001 - any unreadable graph is one problem line
+                problems.append(f"{model_path}: not a readable ONNX graph ({type(exc).__name__}: {exc})")
+            else:
+                problems += _compare_config_tensors(where, "input", config.input, graph_inputs, batched,
+                                                    f"the graph {model_path.name}", mc)
+                problems += _compare_config_tensors(where, "output", config.output, graph_outputs, batched,
+                                                    f"the graph {model_path.name}", mc)
+    for extra in (entry or {}).get("extra_files") or []:
+        path = folder / "1" / extra["file"]
+        if not path.is_file():
+            problems.append(f"{path}: external data file missing")
+        elif sha256_file(path) != extra["sha256"]:
+            problems.append(f"{path}: sha256 differs from the bundle's external data file")
+
+    # --- the manifest: the record's copy of the entry, and the bundle itself when at hand
+    manifests = []
+    if source:
+        manifests.append((source, "the manifest entry recorded at writing"))
+    if bundle is not None:
+        try:
+            if kind == "tensorrt":
+                live = bundle.engine_entry(graph)
+            else:
+                precision = (entry or {}).get("precision") or config.parameters["ts2net_precision"].string_value
+                live = bundle.graph_entry(graph, precision or "fp32")
+            if live != source:
+                manifests.append((live, f"the bundle manifest ({bundle.path.name})"))
+            if source and live.get("sha256") != source.get("sha256"):
+                problems.append(f"{where}: the bundle's {live.get('file')} changed since the repository was written "
+                                "(sha256 differs): rewrite the repository")
+        except BundleError as exc:
+            problems.append(f"{where}: {exc}")
+    for spec, label in manifests:
+        problems += _compare_config_tensors(where, "input", config.input, spec["inputs"], batched, label, mc)
+        problems += _compare_config_tensors(where, "output", config.output, spec["outputs"], batched, label, mc)
+
+    # --- batching
+    if config.max_batch_size < 0:
+        problems.append(f"{where}: max_batch_size {config.max_batch_size} is negative")
+    preferred = list(config.dynamic_batching.preferred_batch_size)
+    for size in preferred:
+        if not 1 <= size <= max(config.max_batch_size, 0):
+            problems.append(f"{where}: dynamic_batching.preferred_batch_size {size} is outside 1..max_batch_size "
+                            f"{config.max_batch_size}")
+    if config.HasField("dynamic_batching") and not batched:
+        problems.append(f"{where}: dynamic_batching needs max_batch_size > 0")
+    profile = None
+    if kind == "tensorrt":
+        engine = (manifests[-1][0] if manifests else None) or {}
+        from ..backends import profile_batch_range
+
+        profile = profile_batch_range(engine.get("profile"), list(engine.get("inputs") or [])) if engine else None
+        if profile is None:
+            problems.append(f"{where}: no engine optimization profile to check max_batch_size against (manifest "
+                            "engines entry missing or without profile)")
+        else:
+            low, high = profile
+            if config.max_batch_size > high:
+                problems.append(f"{where}: max_batch_size {config.max_batch_size} exceeds the engine's optimization "
+                                f"profile max {high}: Triton would send batches the plan cannot run")
+            for size in preferred:
+                if not low <= size <= high:
+                    problems.append(f"{where}: preferred batch {size} is outside the engine profile {low}..{high}")
+    for group in config.instance_group:
+        if group.count < 1:
+            problems.append(f"{where}: instance_group count {group.count} must be >= 1")
+
+    # --- warmup
+    inputs = {t.name: t for t in config.input}
+    for warmup in config.model_warmup:
+        label = f"{where}: model_warmup {warmup.name!r}"
+        if batched and not 1 <= warmup.batch_size <= config.max_batch_size:
+            problems.append(f"{label}: batch_size {warmup.batch_size} is outside 1..max_batch_size "
+                            f"{config.max_batch_size}")
+        if profile and not profile[0] <= warmup.batch_size <= profile[1]:
+            problems.append(f"{label}: batch_size {warmup.batch_size} is outside the engine profile "
+                            f"{profile[0]}..{profile[1]}")
+        if set(warmup.inputs) != set(inputs):
+            problems.append(f"{label}: inputs {sorted(warmup.inputs)} differ from the model's {sorted(inputs)}")
+        for input_name, data in warmup.inputs.items():
+            if input_name in inputs:
+                if data.data_type != inputs[input_name].data_type or list(data.dims) != list(inputs[input_name].dims):
+                    problems.append(f"{label}: input {input_name!r} is {_dtype_name(mc, data.data_type)} "
+                                    f"{list(data.dims)}, the model's is {_dtype_name(mc, inputs[input_name].data_type)} "
+                                    f"{list(inputs[input_name].dims)}")
+    return problems
+
+
+def check_repository(repo: str | Path, bundle: Bundle | str | Path | None = None) -> list[str]:
+    """Every problem of a repository written by `ts2net triton` (empty list: valid)."""
+    mc, text_format = import_model_config()
+    repo = Path(repo)
+    if not repo.is_dir():
+        return [f"{repo}: not a directory (a Triton model repository is a folder of model folders)"]
+    problems: list[str] = []
+    record = _load_record(repo, problems)
+    if bundle is not None and not isinstance(bundle, Bundle):
+        bundle = open_bundle(bundle, verify=False)
+    bundle = bundle or _open_record_bundle(record)
+    if bundle is not None and record and record.get("bundle", {}).get("id") not in (None, bundle.sha256):
+        problems.append(f"{repo / REPOSITORY_FILE}: written from bundle id {record['bundle']['id']}, but "
+                        f"{bundle.path} has id {bundle.sha256} (re-exported since?): rewrite the repository")
+    models = (record or {}).get("models") or {}
+    for graph, name in MODEL_NAMES.items():
+        entry = dict(models.get(name) or {})
+        if record:
+            entry.setdefault("precision", record.get("precision"))
+            entry.setdefault("backend", record.get("backend"))
+        problems += check_model(repo, name, graph, entry or None, bundle, mc, text_format)
+    return problems
