@@ -20,6 +20,10 @@ COMMANDS = {
     "bench": ("runtime.bench", "bench_command", "Latency / throughput benchmark of a bundle's backends."),
     "index": ("runtime.index", "index_command", "Encode a folder of videos into a search index."),
     "search": ("runtime.index", "search_command", "Search an index with a text query."),
+    "encode": ("runtime.triton.cli", "encode_command", "Encode captions / videos to .npz, locally or via --server."),
+    "triton": ("runtime.triton.cli", "triton_command", "Write (or --check) a Triton model repository for tritonserver."),
+    "serve": ("runtime.triton.cli", "serve_command", "Serve the encoders with Triton here (PyTriton, Python 3.13)."),
+    "serve-load": ("runtime.triton.cli", "serve_load_command", "Bounded load test of `ts2net serve` on 127.0.0.1."),
 }
 
 

@@ -144,8 +144,12 @@ def build_index(
     progress: bool = True,
     chunk_size: Optional[int] = None,
     workers: int = 0,
+    server: Optional[str] = None,
 ) -> dict[str, Any]:
     """Encode every video of ``videos_dir`` into the index directory ``out``; returns index.json's dict.
+
+    ``server``: a Triton URL (``ts2net serve`` or a ``ts2net triton`` repository) that runs the
+    video graph instead of a local backend; the index then records backend ``triton``.
 
     ``cache_dir``: embedding cache root (``None`` = default location, ``False`` = no cache,
     which also means an interrupted build starts over). ``chunk_size``: videos encoded between
@@ -162,13 +166,21 @@ def build_index(
     if not files:
         raise VideoIndexError(f"{videos_dir}: no video files (looked for {', '.join(datasets.VIDEO_EXTENSIONS)})")
     bundle = open_bundle(bundle_dir)
+    if server:
+        backend = "triton"
     cache = None
     if cache_dir is not False:
         cache = EmbeddingCache(default_cache_dir() if cache_dir is None else cache_dir, bundle.sha256, backend,
                                precision)
     known = _reusable_rows(out, bundle.sha256, backend, precision, dtype)
 
-    with BundleEncoder(bundle, backend=backend, precision=precision, batch_size=batch_size) as encoder:
+    if server:
+        from .triton.client import ServerEncoder
+
+        encoder = ServerEncoder(bundle, server, batch_size=batch_size)
+    else:
+        encoder = BundleEncoder(bundle, backend=backend, precision=precision, batch_size=batch_size)
+    with encoder:
         result = encode_videos_cached(encoder, list(files.values()), cache, skip_bad=skip_bad,
                                       chunk_size=chunk_size or max(2 * batch_size, 16), progress=progress,
                                       known=known, workers=workers)
@@ -197,6 +209,7 @@ def build_index(
                    "max_words": bundle.max_words, "embed_dim": bundle.embed_dim},
         "backend": backend,
         "precision": precision,
+        "server": server,
         "dtype": dtype,
         "similarity": bundle.similarity_args,
         "videos_dir": str(Path(videos_dir).resolve()),
@@ -294,12 +307,15 @@ def _click_errors(action):
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="Video decoding threads (0: decode in the main thread).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
+@click.option("--server", default=None, metavar="URL",
+              help="Encode through a Triton server (http://HOST:PORT or grpc://HOST:PORT) instead of --backend.")
 def index_command(bundle_dir, videos_dir, out, backend, precision, dtype, skip_bad, batch_size, cache_dir, no_cache,
-                  workers, no_progress):
+                  workers, no_progress, server):
     """Encode every video in a folder into a search index (resumable; unchanged videos are not re-encoded)."""
     meta = _click_errors(lambda: build_index(
         bundle_dir, videos_dir, out, backend=backend, precision=precision, skip_bad=skip_bad, batch_size=batch_size,
-        cache_dir=False if no_cache else cache_dir, dtype=dtype, progress=not no_progress, workers=workers))
+        cache_dir=False if no_cache else cache_dir, dtype=dtype, progress=not no_progress, workers=workers,
+        server=server))
     b = meta["build"]
     click.echo(f"indexed {meta['n_videos']} videos into {out} ({b['encoded']} encoded, {b['from_cache']} from the "
                f"cache, {b['reused_from_index']} reused from the index; {b['seconds']:.1f} s)")
