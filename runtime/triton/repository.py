@@ -104,22 +104,25 @@ def engine_precision(entry: Mapping[str, Any]) -> str:
 
 
 def engine_batch_profile(entry: Mapping[str, Any]) -> tuple[int, int, int] | None:
-    """(min, opt, max) batch of an engine entry's profile, None when it is not recorded as batch sizes."""
+    """(min, opt, max) batch of an engine entry's profile as `ts2net engine` records it, else None."""
     profile = entry.get("profile")
     if isinstance(profile, Mapping) and all(isinstance(profile.get(k), int) for k in ("min", "opt", "max")):
         return int(profile["min"]), int(profile["opt"]), int(profile["max"])
-    if isinstance(profile, Mapping) and {"min", "opt", "max"} <= profile.keys():
-        from ..backends import profile_batch_range
-
-        low_high = profile_batch_range(profile, list(entry.get("inputs") or []))
-        opt = profile["opt"]
-        opt_batch = opt if isinstance(opt, int) else None
-        if isinstance(opt, Mapping):
-            first = next(iter(opt.values()), None)
-            opt_batch = int(first[0]) if isinstance(first, (list, tuple)) and first else None
-        if low_high and opt_batch:
-            return low_high[0], opt_batch, low_high[1]
     return None
+
+
+def batch_limits(bundle: Bundle, graph: str, max_batch: int | None = None
+                 ) -> tuple[int, list[int], str, tuple[int, int, int]]:
+    """(max batch, preferred sizes, where they came from, (min, opt, max)) of one graph.
+
+    Preferred sizes are the profile's opt and max that fit under the limit, plus the limit itself.
+    """
+    engines = bundle.manifest.get("engines") or {}
+    profile = engine_batch_profile(engines[graph]) if graph in engines else None
+    low, opt, high = profile or DEFAULT_BATCH[graph]
+    limit = max_batch or high
+    preferred = sorted({b for b in (opt, high) if b <= limit} | {limit})
+    return limit, preferred, "engine profile" if profile else "default", (low, opt, high)
 
 
 def available_precisions(bundle: Bundle, backend: str) -> list[str]:
@@ -154,17 +157,12 @@ def plan_models(bundle: Bundle, backend: str = "onnxruntime", precision: str | N
     engines = bundle.manifest.get("engines") or {}
     plans = []
     for graph, name in MODEL_NAMES.items():
-        profile = engine_batch_profile(engines[graph]) if graph in engines else None
-        low, opt, high = profile or DEFAULT_BATCH[graph]
-        limit = high
-        if max_batch is not None:
-            if backend == "tensorrt" and max_batch > high:
-                raise TritonRepositoryError(f"--max-batch {max_batch}: the {graph} engine's optimization profile "
-                                            f"ends at batch {high}; use --max-batch {high} or less, or rebuild the "
-                                            f"engine with a larger profile (make engine BATCH=\"{graph}=1,{opt},"
-                                            f"{max_batch}\")")
-            limit = max_batch
-        preferred = sorted({b for b in (opt, high) if b <= limit} | {limit})
+        limit, preferred, batch_source, (low, opt, high) = batch_limits(bundle, graph, max_batch)
+        if backend == "tensorrt" and limit > high:
+            raise TritonRepositoryError(f"--max-batch {max_batch}: the {graph} engine's optimization profile "
+                                        f"ends at batch {high}; use --max-batch {high} or less, or rebuild the "
+                                        f"engine with a larger profile (make engine BATCH=\"{graph}=1,{opt},"
+                                        f"{max_batch}\")")
         if backend == "tensorrt":
             source = engines[graph]
             extra = []
@@ -173,7 +171,7 @@ def plan_models(bundle: Bundle, backend: str = "onnxruntime", precision: str | N
             extra = [source["external_data"]] if "external_data" in source else []
         plans.append(ModelPlan(graph=graph, name=name, backend=backend, precision=precision, source=source,
                                model_file=BACKEND_FIELDS[backend][2], max_batch=limit, preferred=preferred,
-                               instances=instances, batch_source="engine profile" if profile else "default",
+                               instances=instances, batch_source=batch_source,
                                profile=(low, high) if backend == "tensorrt" else None, extra_files=extra))
     return plans
 

@@ -22,7 +22,7 @@ from typing import Any
 from ..bundle import Bundle, open_bundle
 from . import MODEL_NAMES
 from .environment import ServeEnvError, default_venv, serve_env_ready, venv_python
-from .repository import DEFAULT_BATCH, DEFAULT_QUEUE_DELAY_US
+from .repository import DEFAULT_QUEUE_DELAY_US, batch_limits
 
 LOOPBACK = "127.0.0.1"
 
@@ -41,15 +41,10 @@ def free_port() -> int:
 def serve_batching(bundle: Bundle, max_batch: int | None = None, queue_delay_us: int = DEFAULT_QUEUE_DELAY_US
                    ) -> dict[str, dict[str, Any]]:
     """Per graph: max batch, preferred sizes (engine profile or defaults) and queue delay for the batcher."""
-    from .repository import engine_batch_profile
-
-    engines = bundle.manifest.get("engines") or {}
     result = {}
     for graph in MODEL_NAMES:
-        _, opt, high = (engine_batch_profile(engines[graph]) if graph in engines else None) or DEFAULT_BATCH[graph]
-        limit = max_batch or high
-        result[graph] = {"max_batch": limit, "preferred": sorted({b for b in (opt, high) if b <= limit} | {limit}),
-                         "queue_delay_us": queue_delay_us}
+        limit, preferred, _, _ = batch_limits(bundle, graph, max_batch)
+        result[graph] = {"max_batch": limit, "preferred": preferred, "queue_delay_us": queue_delay_us}
     return result
 
 
