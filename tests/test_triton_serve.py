@@ -110,11 +110,11 @@ def test_encode_and_index_through_the_server(server, bundle_dir, tmp_path, tmp_p
     np.testing.assert_allclose(served, local, atol=THRESHOLDS["fp32"]["max_abs_err"])
 
 
-def test_a_bundle_of_another_shape_is_refused(server, tmp_path):
-    from export.bundle import export_bundle
-
-    other = tmp_path / "other"
-    export_bundle(other, progress=False, max_frames=4)
+def test_a_bundle_of_another_shape_is_refused(server, bundle_dir, tmp_path):
+    other = Path(shutil.copytree(bundle_dir, tmp_path / "other"))
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["graphs"]["video"]["fp32"]["inputs"][0]["shape"][1] = 4   # as a bundle exported with 4 frames
+    (other / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match=r"frames': served as FP32 \[-1, 12, .*the bundle has FP32 \[-1, 4,"):
         ServerEncoder(other, server.url).backend("video")
     result = CliRunner().invoke(main, ["encode", "--bundle", str(other), "--server", "http://127.0.0.1:1",
