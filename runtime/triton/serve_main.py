@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                         for _ in range(args.instances)] for graph in MODEL_NAMES}
     config = TritonConfig(http_address=LOOPBACK, http_port=args.http_port, grpc_address=LOOPBACK,
                           grpc_port=args.grpc_port, metrics_address=LOOPBACK, metrics_port=args.metrics_port,
-                          allow_cpu_metrics=False, allow_gpu_metrics=False, exit_timeout_secs=10,
+                          allow_cpu_metrics=False, allow_gpu_metrics=False, exit_timeout_secs=5,
                           log_verbose=args.log_verbose)
     security = TritonSecurityConfig(restricted_endpoints=["shared-memory", "model-repository", "trace", "logging"])
     signal.signal(signal.SIGTERM, _stop_on_signal)
