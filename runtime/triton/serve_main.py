@@ -49,12 +49,15 @@ def make_infer(backend):
 
     names = backend.input_names
     dtypes = {s["name"]: np.dtype(s["dtype"]) for s in backend.input_specs}
+    # ONNX Runtime hands out int64 as C `long long` ('q'), which PyTriton's strict output check does
+    # not take for the config's np.int64 ('l'): a view as the declared type (no copy) satisfies it.
+    out_types = {s["name"]: np.dtype(s["dtype"]).type for s in backend.output_specs}
 
     @batch
     def infer(**inputs):
         feed = {name: np.ascontiguousarray(inputs[name], dtype=dtypes[name]) for name in names}
         outputs = backend.infer(feed)
-        return {name: np.ascontiguousarray(outputs[name]) for name in backend.output_names}
+        return {name: np.ascontiguousarray(outputs[name]).view(out_types[name]) for name in backend.output_names}
 
     return infer
 
