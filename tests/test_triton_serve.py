@@ -131,3 +131,45 @@ def test_stop_leaves_nothing_running(bundle_dir):
     assert process.poll() is not None and code is not None
     assert not any(_port_open(p) for p in ports)
     assert create_backend(bundle_dir, "text").load() is not None  # the bundle is still fine to use locally
+
+
+def test_serve_command_runs_until_terminated(bundle_dir):
+    """`ts2net serve` as a user starts it: ready on --port, answers, and SIGTERM stops everything."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from runtime.triton.server import free_port
+
+    ensure_serve_env()
+    port = next(p for p in (free_port() for _ in range(20)) if p < 65000 and not any(
+        _port_open(q) for q in (p, p + 1, p + 2)))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    process = subprocess.Popen([sys.executable, "-m", "runtime.cli", "serve", "--bundle", str(bundle_dir), "--port",
+                                str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not _port_open(port + 2) and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.5)
+        with ServerEncoder(bundle_dir, f"http://127.0.0.1:{port}") as remote:
+            ready_deadline = time.monotonic() + 60
+            while True:
+                try:
+                    assert remote.encode_texts(["a dog"]).shape == (1, open_bundle(bundle_dir).embed_dim)
+                    break
+                except Exception:  # noqa: BLE001 - models may still be loading
+                    if time.monotonic() > ready_deadline:
+                        raise
+                    remote.close()
+                    time.sleep(1)
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=90)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    assert process.returncode == 0, output
+    assert f"serving ts2net_text and ts2net_video at http://127.0.0.1:{port}" in output
+    assert not any(_port_open(p) for p in (port, port + 1, port + 2))

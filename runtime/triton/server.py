@@ -94,7 +94,7 @@ class TritonServer:
 
     # -------------------------------------------------------------- lifetime
     def command(self) -> list[str]:
-        args = [str(venv_python(self.venv)), "-m", "runtime.triton.serve_main", "--bundle", str(self.bundle.path),
+        args = [str(venv_python(self.venv)), "-m", "runtime.triton.serve_main", "--bundle", str(self.bundle.path.resolve()),
                 "--backend", self.backend, "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),
                 "--metrics-port", str(self.metrics_port), "--instances", str(self.instances),
                 "--batching", json.dumps(self.batching), "--ready-file", str(self._workdir / "ready.json")]
