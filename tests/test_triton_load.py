@@ -5,10 +5,9 @@ import numpy as np
 
 from runtime.bundle import open_bundle
 from runtime.triton.load import Request, build_requests, compare, local_outputs
-from test_runtime_bundle import bundle_dir  # noqa: F401  (session fixture: one export per session)
 
 
-def test_requests_are_distinct_interleaved_and_answered_locally(bundle_dir):  # noqa: F811
+def test_requests_are_distinct_interleaved_and_answered_locally(bundle_dir):
     bundle = open_bundle(bundle_dir)
     requests = build_requests(bundle, texts=12, videos=4, seed=1)
     assert len({r.id for r in requests}) == 16

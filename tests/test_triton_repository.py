@@ -15,12 +15,11 @@ from click.testing import CliRunner
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from runtime.cli import main
+from cli.main import main
 from runtime.files import sha256_file
 from runtime.triton.client import metadata_problems
 from runtime.triton.repository import TritonRepositoryError, write_repository
 from runtime.triton.validate import check_repository
-from test_runtime_bundle import bundle_dir  # noqa: F401  (session fixture: one export per session)
 
 TYPES = {"float32": mc.TYPE_FP32, "int64": mc.TYPE_INT64}
 
@@ -38,7 +37,7 @@ def edit_config(path: Path, change) -> None:
 
 
 @pytest.fixture
-def plan_bundle(bundle_dir, tmp_path) -> Path:  # noqa: F811
+def plan_bundle(bundle_dir, tmp_path) -> Path:
     """A bundle copy whose manifest lists TensorRT engines (stand-in plan bytes, real checksums)."""
     path = Path(shutil.copytree(bundle_dir, tmp_path / "plan-bundle"))
     manifest = json.loads((path / "manifest.json").read_text())
@@ -58,7 +57,7 @@ def plan_bundle(bundle_dir, tmp_path) -> Path:  # noqa: F811
 
 @pytest.mark.parametrize("backend,precision", [("onnxruntime", "fp32"), ("onnxruntime", "fp16"),
                                                ("openvino", "fp32")])
-def test_onnx_repositories_follow_the_manifest(bundle_dir, tmp_path, backend, precision):  # noqa: F811
+def test_onnx_repositories_follow_the_manifest(bundle_dir, tmp_path, backend, precision):
     repo = write_repository(bundle_dir, tmp_path / "repo", backend=backend, precision=precision, instances=2)
     assert check_repository(repo) == []
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
@@ -115,14 +114,14 @@ def test_tensorrt_repository_from_engine_entries(plan_bundle, tmp_path):
     assert any("max_batch_size 64 exceeds the engine's optimization profile max 32" in p for p in problems), problems
 
 
-def test_tensorrt_needs_engines(bundle_dir, tmp_path):  # noqa: F811
+def test_tensorrt_needs_engines(bundle_dir, tmp_path):
     with pytest.raises(TritonRepositoryError, match="no TensorRT engines.*make engine"):
         write_repository(bundle_dir, tmp_path / "repo", backend="tensorrt")
     with pytest.raises(TritonRepositoryError, match="no int4 onnxruntime models"):
         write_repository(bundle_dir, tmp_path / "repo", precision="int4")
 
 
-def test_validator_lists_a_wrong_dim_a_wrong_dtype_and_a_missing_file_at_once(bundle_dir, tmp_path):  # noqa: F811
+def test_validator_lists_a_wrong_dim_a_wrong_dtype_and_a_missing_file_at_once(bundle_dir, tmp_path):
     repo = write_repository(bundle_dir, tmp_path / "repo")
 
     def wrong_dim(config):
@@ -146,7 +145,7 @@ def test_validator_lists_a_wrong_dim_a_wrong_dtype_and_a_missing_file_at_once(bu
     assert "model file missing" in result.output and "Traceback" not in result.output
 
 
-def test_validator_catches_unparseable_config_altered_graph_and_renamed_model(bundle_dir, tmp_path):  # noqa: F811
+def test_validator_catches_unparseable_config_altered_graph_and_renamed_model(bundle_dir, tmp_path):
     repo = write_repository(bundle_dir, tmp_path / "repo")
     (repo / "ts2net_text" / "config.pbtxt").write_text("name: \"ts2net_text\"\nmax_batch_size: lots\n")
     with open(repo / "ts2net_video" / "1" / "model.onnx", "ab") as handle:
@@ -158,7 +157,7 @@ def test_validator_catches_unparseable_config_altered_graph_and_renamed_model(bu
                                                       "repository is a folder of model folders)"]
 
 
-def test_altered_bundle_file_is_refused_and_an_existing_repository_survives(bundle_dir, tmp_path):  # noqa: F811
+def test_altered_bundle_file_is_refused_and_an_existing_repository_survives(bundle_dir, tmp_path):
     bundle = Path(shutil.copytree(bundle_dir, tmp_path / "bundle"))
     repo = write_repository(bundle, tmp_path / "repo")
     before = sha256_file(repo / "ts2net_text" / "config.pbtxt")
@@ -172,7 +171,7 @@ def test_altered_bundle_file_is_refused_and_an_existing_repository_survives(bund
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "repo"]  # no staging folder left behind
 
 
-def test_cli_writes_and_checks(bundle_dir, tmp_path):  # noqa: F811
+def test_cli_writes_and_checks(bundle_dir, tmp_path):
     runner = CliRunner()
     repo = tmp_path / "repo"
     result = runner.invoke(main, ["triton", "--bundle", str(bundle_dir), "--out", str(repo), "--backend", "openvino",
@@ -187,7 +186,7 @@ def test_cli_writes_and_checks(bundle_dir, tmp_path):  # noqa: F811
     assert result.exit_code == 1 and "no TensorRT engines" in result.output and "Traceback" not in result.output
 
 
-def test_served_metadata_is_checked_against_the_manifest(bundle_dir):  # noqa: F811
+def test_served_metadata_is_checked_against_the_manifest(bundle_dir):
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
     entry = manifest["graphs"]["video"]["fp32"]
     served = {"inputs": [{"name": "frames", "datatype": "FP32", "shape": [-1] + entry["inputs"][0]["shape"][1:]},

@@ -18,22 +18,16 @@ from click.testing import CliRunner
 
 from runtime.backends import create_backend
 from runtime.bundle import BundleError, open_bundle
-from runtime.cli import main
+from cli.main import main
 from runtime.encoder import BundleEncoder
 from runtime.parity import THRESHOLDS
 from runtime.triton.client import ServerEncoder
 from runtime.triton.environment import ensure_serve_env, find_python313
 from runtime.triton.load import Request, compare
 from runtime.triton.server import TritonServer
-from test_eval import shared_bundle, shared_videos
 
 pytestmark = pytest.mark.skipif(find_python313() is None, reason="no Python 3.13 installed: PyTriton's tritonserver "
                                 "needs it (pyenv install 3.13), so the real-server tests cannot run")
-
-
-@pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory) -> Path:
-    return shared_bundle(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +73,8 @@ def test_server_answers_like_the_local_runtime(server, bundle_dir):
     local.close()
 
 
-def test_encode_and_index_through_the_server(server, bundle_dir, tmp_path, tmp_path_factory):
-    videos = Path(shutil.copytree(shared_videos(tmp_path_factory), tmp_path / "videos"))
+def test_encode_and_index_through_the_server(server, bundle_dir, colour_clips, tmp_path):
+    videos = Path(shutil.copytree(colour_clips, tmp_path / "videos"))
     runner = CliRunner()
     out = tmp_path / "remote.npz"
     result = runner.invoke(main, ["encode", "--bundle", str(bundle_dir), "--server", server.url, "--text", "a dog",
@@ -147,7 +141,7 @@ def test_serve_command_runs_until_terminated(bundle_dir):
     port = next(p for p in (free_port() for _ in range(20)) if p < 65000 and not any(
         _port_open(q) for q in (p, p + 1, p + 2)))
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    process = subprocess.Popen([sys.executable, "-m", "runtime.cli", "serve", "--bundle", str(bundle_dir), "--port",
+    process = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--bundle", str(bundle_dir), "--port",
                                 str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 240

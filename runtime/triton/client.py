@@ -129,9 +129,9 @@ class ServerBackend(Backend):
         self._max_batch = int(config.get("max_batch_size", 0)) or None
         params = config.get("parameters") or {}
         served_id = (params.get("ts2net_bundle_id") or {}).get("string_value")
-        if served_id and served_id != self.bundle.sha256:
+        if served_id and served_id != self.bundle.content_id:
             raise BundleError(f"{self.model_name} at {self.url} serves bundle id {served_id}, {self.bundle.path} is "
-                              f"{self.bundle.sha256}: embeddings of different bundles are not comparable")
+                              f"{self.bundle.content_id}: embeddings of different bundles are not comparable")
         self.served_precision = (params.get("ts2net_precision") or {}).get("string_value")
         self._protocol, self._module, self._client = protocol, module, client
 

@@ -272,7 +272,7 @@ def run_load_test(bundle_dir: str | os.PathLike, out_dir: str | os.PathLike, cli
         facts = dict(server.facts)
     speedup = (round(concurrent["requests_per_s"] / single["requests_per_s"], 2)
                if single["requests_per_s"] and concurrent["requests_per_s"] else None)
-    report = {"kind": "serve-load", "bundle": str(bundle.path.resolve()), "bundle_id": bundle.sha256, "backend": backend,
+    report = {"kind": "serve-load", "bundle": str(bundle.path.resolve()), "bundle_id": bundle.content_id, "backend": backend,
               "precision": precision, "gate": THRESHOLDS.get(precision, THRESHOLDS["fp16"]), "server": facts,
               "requests": {"text": texts, "video": videos}, "time_limit_s": time_limit_s,
               "request_timeout_s": request_timeout_s, "single": single, "concurrent": concurrent,

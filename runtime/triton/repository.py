@@ -206,7 +206,7 @@ def build_config(plan: ModelPlan, bundle: Bundle):
             data.data_type = mc.DataType.Value(TRITON_DTYPES[tensor["dtype"]])
             data.dims.extend(int(d) for d in tensor["shape"][1:])
             data.zero_data = True
-    parameters = {"ts2net_bundle_id": bundle.sha256, "ts2net_graph": plan.graph, "ts2net_precision": plan.precision,
+    parameters = {"ts2net_bundle_id": bundle.content_id, "ts2net_graph": plan.graph, "ts2net_precision": plan.precision,
                   "ts2net_source_sha256": plan.source["sha256"]}
     if plan.backend == "tensorrt":
         gpu = plan.source.get("gpu") or {}
@@ -245,7 +245,7 @@ def repository_record(bundle: Bundle, plans: list[ModelPlan]) -> dict[str, Any]:
     return {
         "format": REPOSITORY_FORMAT, "format_version": 1,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "bundle": {"path": str(bundle.path.resolve()), "id": bundle.sha256, "model": bundle.model.get("name")},
+        "bundle": {"path": str(bundle.path.resolve()), "id": bundle.content_id, "model": bundle.model.get("name")},
         "backend": plans[0].backend, "precision": plans[0].precision,
         "example": {"caption": EXAMPLE_CAPTION, "input_ids": bundle.tokenizer().encode_batch(
             [EXAMPLE_CAPTION], max_words=bundle.max_words)[0].tolist()},

@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                             preferred_batch_size=[int(b) for b in limits["preferred"]])),
                         strict=True)
         triton.connect()
-        facts = {"pid": os.getpid(), "bundle": str(bundle.path), "bundle_id": bundle.sha256,
+        facts = {"pid": os.getpid(), "bundle": str(bundle.path), "bundle_id": bundle.content_id,
                  "backend": args.backend, "precision": backends["text"][0].precision,
                  "http": f"http://{LOOPBACK}:{args.http_port}", "grpc": f"grpc://{LOOPBACK}:{args.grpc_port}",
                  "metrics": f"http://{LOOPBACK}:{args.metrics_port}/metrics", "batching": batching,

@@ -252,9 +252,9 @@ def check_repository(repo: str | Path, bundle: Bundle | str | Path | None = None
     if bundle is not None and not isinstance(bundle, Bundle):
         bundle = open_bundle(bundle, verify=False)
     bundle = bundle or _open_record_bundle(record)
-    if bundle is not None and record and record.get("bundle", {}).get("id") not in (None, bundle.sha256):
+    if bundle is not None and record and record.get("bundle", {}).get("id") not in (None, bundle.content_id):
         problems.append(f"{repo / REPOSITORY_FILE}: written from bundle id {record['bundle']['id']}, but "
-                        f"{bundle.path} has id {bundle.sha256} (re-exported since?): rewrite the repository")
+                        f"{bundle.path} has id {bundle.content_id} (re-exported since?): rewrite the repository")
     models = (record or {}).get("models") or {}
     for graph, name in MODEL_NAMES.items():
         entry = dict(models.get(name) or {})

@@ -1,4 +1,4 @@
-"""Click commands: `ts2net triton`, `ts2net serve`, `ts2net encode`, `ts2net serve-load`."""
+"""`ts2net triton`, `ts2net serve`, `ts2net encode`, `ts2net serve-load` (thin wrappers over runtime.triton)."""
 from __future__ import annotations
 
 import json
@@ -9,21 +9,22 @@ from pathlib import Path
 import click
 import numpy as np
 
-from ..backends import BackendUnavailable
-from ..bundle import BundleError
+from cli.errors import CommandError
+from runtime.backends import BackendUnavailable
+from runtime.bundle import BundleError
 
 
 def _fail_cleanly(action):
     """Run `action`; known errors become one-line click errors instead of tracebacks."""
-    from .environment import ServeEnvError
-    from .repository import TritonRepositoryError
-    from .server import ServerStartError
+    from runtime.triton.environment import ServeEnvError
+    from runtime.triton.repository import TritonRepositoryError
+    from runtime.triton.server import ServerStartError
 
     try:
         return action()
     except (BundleError, TritonRepositoryError, ServeEnvError, ServerStartError, BackendUnavailable, ValueError,
             OSError) as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise CommandError(str(exc)) from exc
 
 
 @click.command("triton")
@@ -43,7 +44,7 @@ def _fail_cleanly(action):
               help="Validate an existing repository instead of writing one (lists every problem).")
 def triton_command(bundle_dir, out, backend, precision, max_batch, instances, force, check_dir):
     """Write a Triton model repository (ts2net_text, ts2net_video) for tritonserver, or --check one."""
-    from .validate import check_repository
+    from runtime.triton.validate import check_repository
 
     if check_dir:
         problems = _fail_cleanly(lambda: check_repository(check_dir, bundle=bundle_dir))
@@ -56,7 +57,7 @@ def triton_command(bundle_dir, out, backend, precision, max_batch, instances, fo
         return
     if not bundle_dir or not out:
         raise click.UsageError("pass --bundle and --out to write a repository, or --check REPO to validate one")
-    from .repository import write_repository
+    from runtime.triton.repository import write_repository
 
     path = _fail_cleanly(lambda: write_repository(bundle_dir, out, backend=backend, precision=precision,
                                                   max_batch=max_batch, instances=instances, force=force))
@@ -82,7 +83,7 @@ def _interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
               help="How long the dynamic batcher waits for more requests.")
 def serve_command(bundle_dir, port, backend, precision, instances, threads, max_batch, queue_delay_us):
     """Serve the text and video encoders with Triton on this machine (PyTriton, dynamic batching)."""
-    from .server import TritonServer
+    from runtime.triton.server import TritonServer
 
     server = _fail_cleanly(lambda: TritonServer(bundle_dir, backend=backend, precision=precision, http_port=port,
                                                 instances=instances, threads=threads, max_batch=max_batch,
@@ -99,7 +100,7 @@ def serve_command(bundle_dir, port, backend, precision, instances, threads, max_
     finally:
         code = server.stop()
     if code not in (0, None, -signal.SIGTERM):
-        raise click.ClickException(f"the server exited with code {code}; log: {server.log_path}\n{server.log_tail()}")
+        raise CommandError(f"the server exited with code {code}; log: {server.log_path}\n{server.log_tail()}")
 
 
 @click.command("encode")
@@ -115,15 +116,15 @@ def serve_command(bundle_dir, port, backend, precision, instances, threads, max_
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 def encode_command(bundle_dir, server, backend, precision, texts, videos, out, batch_size):
     """Encode captions and/or videos to an .npz (text_embeds, frame_embeds, frame_mask, patch_indices)."""
-    from ..encoder import BundleEncoder
-    from ..files import atomic_write_bytes, npz_bytes
+    from runtime.encoder import BundleEncoder
+    from runtime.files import atomic_write_bytes, npz_bytes
 
     if not texts and not videos:
         raise click.UsageError("nothing to encode: pass --text and/or --video")
 
     def run():
         if server:
-            from .client import ServerEncoder
+            from runtime.triton.client import ServerEncoder
 
             encoder = ServerEncoder(bundle_dir, server, batch_size=batch_size)
         else:
@@ -142,12 +143,12 @@ def encode_command(bundle_dir, server, backend, precision, texts, videos, out, b
         atomic_write_bytes(out, npz_bytes(arrays))
         return arrays
 
-    from ..video import VideoDecodeError
+    from runtime.video import VideoDecodeError
 
     try:
         arrays = _fail_cleanly(run)
     except VideoDecodeError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise CommandError(str(exc)) from exc
     shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in arrays.items() if k not in ("texts", "videos"))
     click.echo(f"wrote {out}: {shapes}" + (f" (via {server})" if server else f" ({backend})"))
 
@@ -166,7 +167,7 @@ def encode_command(bundle_dir, server, backend, precision, texts, videos, out, b
               help="Wall-clock limit per phase (s); unanswered requests then count as lost.")
 def serve_load_command(bundle_dir, out, clients, texts, videos, backend, precision, time_limit_s):
     """Bounded load test of `ts2net serve` on 127.0.0.1: N clients vs 1, equality, batching achieved."""
-    from .load import run_load_test
+    from runtime.triton.load import run_load_test
 
     report = _fail_cleanly(lambda: run_load_test(bundle_dir, out, clients=clients, texts=texts, videos=videos,
                                                  backend=backend, precision=precision, time_limit_s=time_limit_s))
