@@ -42,7 +42,7 @@ $(STAMP): pyproject.toml
 
 # The real-server tests need the serve environment; created here when Python 3.13 exists (cached).
 test: setup serve-setup-if-available
-	$(PYTHON) -m pytest -q
+	TS2NET_SERVE_VENV=$(abspath $(SERVE_VENV)) $(PYTHON) -m pytest -q
 
 serve-setup: setup
 	$(PYTHON) -m runtime.triton.environment --venv $(SERVE_VENV)
@@ -53,7 +53,7 @@ serve-setup-if-available: setup
 # Bounded load test of `ts2net serve` on 127.0.0.1 (CLIENTS concurrent clients vs one), reports/serve-load/
 serve-load: serve-setup
 	@test -f $(OUT)/manifest.json || $(MAKE) export OUT=$(OUT)
-	TS2NET_SERVE_VENV=$(SERVE_VENV) $(TS2NET) serve-load --bundle $(OUT) --clients $(CLIENTS) --texts $(TEXTS) \
+	TS2NET_SERVE_VENV=$(abspath $(SERVE_VENV)) $(TS2NET) serve-load --bundle $(OUT) --clients $(CLIENTS) --texts $(TEXTS) \
 		--videos $(VIDEOS) --out reports/serve-load
 
 export: setup
