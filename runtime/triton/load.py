@@ -12,7 +12,8 @@ Bounded: a fixed number of requests, a per-request timeout and a wall-clock limi
 when the limit is hit the clients stop, and the report lists the unanswered requests as lost
 (the test fails). Batch sizes come from the server: `nv_inference_count` /
 `nv_inference_exec_count` of the Prometheus metrics endpoint (mean batch per model and phase)
-and the statistics endpoint's per-batch-size execution counts (the histogram).
+and the statistics endpoint's per-batch-size execution counts (the histogram), plotted with the
+throughput in `serve-load.png`.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -279,7 +281,43 @@ def run_load_test(bundle_dir: str | os.PathLike, out_dir: str | os.PathLike, cli
               "throughput_ratio": speedup, "load_average_before": load_before, "load_average_after": _load_average(),
               "passed": single["passed"] and concurrent["passed"], "environment": environment()}
     write_report(out_dir, "serve-load", report, load_markdown(report))
+    plot_load(report, Path(out_dir) / "serve-load.png")
     return report
+
+
+def plot_load(report: dict[str, Any], path: Path) -> None:
+    """Requests/s per graph for 1 vs N clients, and the batch sizes Triton formed under load (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    single, concurrent = report["single"], report["concurrent"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    graphs = list(MODEL_NAMES)
+    x = np.arange(len(graphs))
+    for offset, phase, label in ((-0.2, single, "1 client"), (0.2, concurrent, f"{concurrent['clients']} clients")):
+        left.bar(x + offset, [phase["per_graph"][g]["per_s"] or 0 for g in graphs], 0.4, label=label)
+    left.set_xticks(x, [f"{g} requests" for g in graphs])
+    left.set_ylabel("responses / s")
+    left.set_title(f"throughput (all requests: x{report['throughput_ratio']})")
+    left.legend()
+    for i, (model, stats) in enumerate(concurrent["server"].items()):
+        sizes = sorted(stats["batch_histogram"])
+        right.bar(np.array(sizes) + (i - 0.5) * 0.4, [stats["batch_histogram"][b] for b in sizes], 0.4,
+                  label=f"{model} (mean {stats['mean_batch']})")
+    right.set_xlabel("batch size Triton executed")
+    right.set_ylabel("executions")
+    right.set_title(f"dynamic batching, {concurrent['clients']} clients")
+    right.legend(loc="best")
+    fig.suptitle(f"ts2net serve on {report['environment']['cpu']['model']} ({report['backend']} "
+                 f"{report['precision']}; load average {report['load_average_before']})", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
 
 
 def load_markdown(report: dict[str, Any]) -> str:
