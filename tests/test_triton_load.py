@@ -38,3 +38,21 @@ def test_compare_applies_the_precision_gate():
     nan[0, 0, 0] = np.nan
     assert compare(request, {"frame_embeds": nan, "patch_indices": indices}, "fp32") == [
         "v0001 frame_embeds: non-finite values"]
+
+
+def test_a_precision_that_failed_export_parity_is_not_served(bundle_dir, tmp_path):
+    import json
+    import shutil
+
+    import pytest
+
+    from runtime.bundle import BundleError
+    from runtime.triton.server import TritonServer
+
+    bundle = shutil.copytree(bundle_dir, tmp_path / "bundle")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["parity"]["fp16"] = dict(manifest["parity"]["fp16"], passed=False, failures=["cosine_min 0.9 < 0.99"])
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="fp16 graphs failed the export parity check .cosine_min 0.9 < 0.99"):
+        TritonServer(bundle, precision="fp16")
+    assert TritonServer(bundle).batching["text"] == {"max_batch": 64, "preferred": [16, 64], "queue_delay_us": 2000}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,7 +20,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from ..bundle import Bundle, open_bundle
+from ..bundle import Bundle, BundleError, open_bundle
 from . import MODEL_NAMES
 from .environment import ServeEnvError, default_venv, serve_env_ready, venv_python
 from .repository import DEFAULT_QUEUE_DELAY_US, batch_limits
@@ -48,6 +49,18 @@ def serve_batching(bundle: Bundle, max_batch: int | None = None, queue_delay_us:
     return result
 
 
+def refuse_failed_precision(bundle: Bundle, backend: str, precision: str | None) -> None:
+    """A graph precision whose export parity check failed is not served (its answers are not the model's)."""
+    if backend == "tensorrt":
+        return
+    precision = precision or "fp32"
+    parity = (bundle.manifest.get("parity") or {}).get(precision)
+    if isinstance(parity, dict) and parity.get("passed") is False:
+        failures = "; ".join(str(f) for f in parity.get("failures", [])[:3])
+        raise BundleError(f"{bundle.path}: the {precision} graphs failed the export parity check ({failures}); serve "
+                          "--precision fp32, or re-export and check with `ts2net parity`")
+
+
 def _runtime_path_dir() -> Path:
     """A fresh folder whose only entry is a link to this `runtime` package (the server's PYTHONPATH)."""
     folder = Path(tempfile.mkdtemp(prefix="ts2net-serve-path-"))
@@ -64,6 +77,7 @@ class TritonServer:
                  queue_delay_us: int = DEFAULT_QUEUE_DELAY_US, venv: str | os.PathLike | None = None,
                  log_path: str | os.PathLike | None = None):
         self.bundle = bundle if isinstance(bundle, Bundle) else open_bundle(bundle, verify=False)
+        refuse_failed_precision(self.bundle, backend, precision)
         self.backend = backend
         self.precision = precision
         self.http_port = http_port or free_port()
@@ -73,11 +87,16 @@ class TritonServer:
         self.threads = threads
         self.batching = serve_batching(self.bundle, max_batch, queue_delay_us)
         self.venv = Path(venv) if venv else default_venv()
-        self._workdir = Path(tempfile.mkdtemp(prefix="ts2net-serve-"))
-        self.log_path = Path(log_path) if log_path else self._workdir / "server.log"
+        self._workdir: Path | None = None     # created by start(): the ready file and, by default, the log
+        self._log_path = Path(log_path) if log_path else None
         self._process: subprocess.Popen | None = None
         self._path_dir: Path | None = None
         self.facts: dict[str, Any] = {}
+
+    @property
+    def log_path(self) -> Path | None:
+        """The server's log (Triton's and PyTriton's output); None before start()."""
+        return self._log_path or (self._workdir / "server.log" if self._workdir else None)
 
     # -------------------------------------------------------------- addresses
     @property
@@ -109,6 +128,7 @@ class TritonServer:
         if not serve_env_ready(self.venv):
             raise ServeEnvError(f"the serve environment {self.venv} is missing or outdated: run `make serve-setup` "
                                 "(creates it with Python 3.13)")
+        self._workdir = Path(tempfile.mkdtemp(prefix="ts2net-serve-"))
         self._path_dir = _runtime_path_dir()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
         env["PYTHONPATH"] = str(self._path_dir)
@@ -172,7 +192,11 @@ class TritonServer:
             except ProcessLookupError:
                 pass
         self._cleanup()
-        return process.returncode if process is not None else None
+        code = process.returncode if process is not None else None
+        if code in (0, -signal.SIGTERM) and self._workdir is not None and self._log_path is None:
+            shutil.rmtree(self._workdir, ignore_errors=True)   # a clean stop: nothing in the log to keep
+            self._workdir = None
+        return code
 
     def _cleanup(self) -> None:
         if self._path_dir is not None:
