@@ -18,6 +18,7 @@ production machine. This finds the same mistakes here, without a server:
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -111,20 +112,45 @@ def _open_record_bundle(record: Mapping[str, Any] | None) -> Bundle | None:
         return None
 
 
-def check_model(repo: Path, name: str, graph: str, entry: Mapping[str, Any] | None, bundle: Bundle | None,
-                mc, text_format) -> list[str]:
-    """Every problem of one model folder."""
+@dataclass
+class _Model:
+    """One parsed model folder and what it is checked against."""
+
+    where: str                       # the config's path, prefix of every problem
+    folder: Path
+    graph: str
+    kind: str                        # onnxruntime | openvino | tensorrt
+    config: Any                      # ModelConfig
+    entry: Mapping[str, Any]         # the record's entry for this model ({} without a record)
+    source: dict[str, Any] | None    # the manifest entry recorded at writing
+    mc: Any
+
+    @property
+    def batched(self) -> bool:
+        return self.config.max_batch_size > 0
+
+    def compare(self, tensors: Mapping[str, Any], label: str) -> list[str]:
+        """Config inputs and outputs vs {"inputs", "outputs"} tensor lists."""
+        return (_compare_config_tensors(self.where, "input", self.config.input, tensors["inputs"], self.batched,
+                                        label, self.mc)
+                + _compare_config_tensors(self.where, "output", self.config.output, tensors["outputs"],
+                                          self.batched, label, self.mc))
+
+
+def _parse_model(repo: Path, name: str, graph: str, entry: Mapping[str, Any] | None, mc, text_format
+                 ) -> tuple[_Model | None, list[str]]:
+    """The parsed config (None when it cannot be checked further) and the problems found so far."""
     folder = repo / name
     config_path = folder / "config.pbtxt"
     if not folder.is_dir():
-        return [f"{folder}: model folder missing"]
+        return None, [f"{folder}: model folder missing"]
     if not config_path.is_file():
-        return [f"{config_path}: missing"]
+        return None, [f"{config_path}: missing"]
     config = mc.ModelConfig()
     try:
         text_format.Parse(config_path.read_text(encoding="utf-8"), config)
     except (text_format.ParseError, UnicodeDecodeError) as exc:
-        return [f"{config_path}: does not parse as a Triton ModelConfig: {exc}"]
+        return None, [f"{config_path}: does not parse as a Triton ModelConfig: {exc}"]
     where = str(config_path)
     problems = []
     if config.name and config.name != name:
@@ -134,62 +160,69 @@ def check_model(repo: Path, name: str, graph: str, entry: Mapping[str, Any] | No
     if kind is None:
         problems.append(f"{where}: platform {config.platform!r} / backend {config.backend!r} is none of "
                         f"onnxruntime_onnx, tensorrt_plan, openvino")
-        return problems
-    if entry and entry.get("backend") and entry["backend"] != kind:
+        return None, problems
+    entry = entry or {}
+    if entry.get("backend") and entry["backend"] != kind:
         problems.append(f"{where}: the config is for Triton's {kind} backend, {REPOSITORY_FILE} says "
                         f"{entry['backend']}")
-    filename = config.default_model_filename or BACKEND_FIELDS[kind][2]
-    model_path = folder / "1" / filename
-    batched = config.max_batch_size > 0
-    source = dict(entry["source"]) if entry and isinstance(entry.get("source"), Mapping) else None
+    source = dict(entry["source"]) if isinstance(entry.get("source"), Mapping) else None
+    return _Model(where, folder, graph, kind, config, entry, source, mc), problems
 
-    # --- the model file: present, unchanged, and (ONNX) with the config's I/O
-    if not model_path.is_file():
-        problems.append(f"{model_path}: model file missing (the config names {filename!r})")
+
+def _model_file_problems(model: _Model) -> list[str]:
+    """The model file: present, unchanged since writing, and (ONNX) with the config's I/O."""
+    filename = model.config.default_model_filename or BACKEND_FIELDS[model.kind][2]
+    path = model.folder / "1" / filename
+    problems = []
+    if not path.is_file():
+        problems.append(f"{path}: model file missing (the config names {filename!r})")
     else:
-        if source and source.get("sha256") and sha256_file(model_path) != source["sha256"]:
-            problems.append(f"{model_path}: sha256 differs from the bundle file it was copied from "
-                            f"({source.get('file')}): the file was altered; rewrite the repository")
-        if kind != "tensorrt":
+        if model.source and model.source.get("sha256") and sha256_file(path) != model.source["sha256"]:
+            problems.append(f"{path}: sha256 differs from the bundle file it was copied from "
+                            f"({model.source.get('file')}): the file was altered; rewrite the repository")
+        if model.kind != "tensorrt":
             try:
-                graph_inputs, graph_outputs = _onnx_tensors(model_path)
+                inputs, outputs = _onnx_tensors(path)
             except Exception as exc:  # noqa: BLE001 - any unreadable graph is one problem line
-                problems.append(f"{model_path}: not a readable ONNX graph ({type(exc).__name__}: {exc})")
+                problems.append(f"{path}: not a readable ONNX graph ({type(exc).__name__}: {exc})")
             else:
-                problems += _compare_config_tensors(where, "input", config.input, graph_inputs, batched,
-                                                    f"the graph {model_path.name}", mc)
-                problems += _compare_config_tensors(where, "output", config.output, graph_outputs, batched,
-                                                    f"the graph {model_path.name}", mc)
-    for extra in (entry or {}).get("extra_files") or []:
-        path = folder / "1" / extra["file"]
-        if not path.is_file():
-            problems.append(f"{path}: external data file missing")
-        elif sha256_file(path) != extra["sha256"]:
-            problems.append(f"{path}: sha256 differs from the bundle's external data file")
+                problems += model.compare({"inputs": inputs, "outputs": outputs}, f"the graph {path.name}")
+    for extra in model.entry.get("extra_files") or []:
+        extra_path = model.folder / "1" / extra["file"]
+        if not extra_path.is_file():
+            problems.append(f"{extra_path}: external data file missing")
+        elif sha256_file(extra_path) != extra["sha256"]:
+            problems.append(f"{extra_path}: sha256 differs from the bundle's external data file")
+    return problems
 
-    # --- the manifest: the record's copy of the entry, and the bundle itself when at hand
-    manifests = []
-    if source:
-        manifests.append((source, "the manifest entry recorded at writing"))
+
+def _manifest_problems(model: _Model, bundle: Bundle | None) -> tuple[list[str], Mapping[str, Any] | None]:
+    """Tensors vs the recorded manifest entry and the bundle's own; also returns the newest entry."""
+    manifests = [(model.source, "the manifest entry recorded at writing")] if model.source else []
+    problems = []
     if bundle is not None:
         try:
-            if kind == "tensorrt":
-                live = bundle.engine_entry(graph)
+            if model.kind == "tensorrt":
+                live = bundle.engine_entry(model.graph)
             else:
-                precision = (entry or {}).get("precision") or config.parameters["ts2net_precision"].string_value
-                live = bundle.graph_entry(graph, precision or "fp32")
-            if live != source:
+                precision = model.entry.get("precision") or model.config.parameters["ts2net_precision"].string_value
+                live = bundle.graph_entry(model.graph, precision or "fp32")
+            if live != model.source:
                 manifests.append((live, f"the bundle manifest ({bundle.path.name})"))
-            if source and live.get("sha256") != source.get("sha256"):
-                problems.append(f"{where}: the bundle's {live.get('file')} changed since the repository was written "
-                                "(sha256 differs): rewrite the repository")
+            if model.source and live.get("sha256") != model.source.get("sha256"):
+                problems.append(f"{model.where}: the bundle's {live.get('file')} changed since the repository was "
+                                "written (sha256 differs): rewrite the repository")
         except BundleError as exc:
-            problems.append(f"{where}: {exc}")
+            problems.append(f"{model.where}: {exc}")
     for spec, label in manifests:
-        problems += _compare_config_tensors(where, "input", config.input, spec["inputs"], batched, label, mc)
-        problems += _compare_config_tensors(where, "output", config.output, spec["outputs"], batched, label, mc)
+        problems += model.compare(spec, label)
+    return problems, (manifests[-1][0] if manifests else None)
 
-    # --- batching
+
+def _batching_problems(model: _Model, engine: Mapping[str, Any] | None) -> tuple[list[str], tuple[int, int] | None]:
+    """Preferred sizes within max_batch_size and, for TensorRT, everything within the engine profile."""
+    config, where = model.config, model.where
+    problems = []
     if config.max_batch_size < 0:
         problems.append(f"{where}: max_batch_size {config.max_batch_size} is negative")
     preferred = list(config.dynamic_batching.preferred_batch_size)
@@ -197,34 +230,38 @@ def check_model(repo: Path, name: str, graph: str, entry: Mapping[str, Any] | No
         if not 1 <= size <= max(config.max_batch_size, 0):
             problems.append(f"{where}: dynamic_batching.preferred_batch_size {size} is outside 1..max_batch_size "
                             f"{config.max_batch_size}")
-    if config.HasField("dynamic_batching") and not batched:
+    if config.HasField("dynamic_batching") and not model.batched:
         problems.append(f"{where}: dynamic_batching needs max_batch_size > 0")
-    profile = None
-    if kind == "tensorrt":
-        engine = (manifests[-1][0] if manifests else None) or {}
-        from ..backends import profile_batch_range
-
-        profile = profile_batch_range(engine.get("profile"), list(engine.get("inputs") or [])) if engine else None
-        if profile is None:
-            problems.append(f"{where}: no engine optimization profile to check max_batch_size against (manifest "
-                            "engines entry missing or without profile)")
-        else:
-            low, high = profile
-            if config.max_batch_size > high:
-                problems.append(f"{where}: max_batch_size {config.max_batch_size} exceeds the engine's optimization "
-                                f"profile max {high}: Triton would send batches the plan cannot run")
-            for size in preferred:
-                if not low <= size <= high:
-                    problems.append(f"{where}: preferred batch {size} is outside the engine profile {low}..{high}")
     for group in config.instance_group:
         if group.count < 1:
             problems.append(f"{where}: instance_group count {group.count} must be >= 1")
+    if model.kind != "tensorrt":
+        return problems, None
+    from ..backends import profile_batch_range
 
-    # --- warmup
+    profile = profile_batch_range(engine.get("profile"), list(engine.get("inputs") or [])) if engine else None
+    if profile is None:
+        problems.append(f"{where}: no engine optimization profile to check max_batch_size against (manifest "
+                        "engines entry missing or without profile)")
+        return problems, None
+    low, high = profile
+    if config.max_batch_size > high:
+        problems.append(f"{where}: max_batch_size {config.max_batch_size} exceeds the engine's optimization "
+                        f"profile max {high}: Triton would send batches the plan cannot run")
+    for size in preferred:
+        if not low <= size <= high:
+            problems.append(f"{where}: preferred batch {size} is outside the engine profile {low}..{high}")
+    return problems, profile
+
+
+def _warmup_problems(model: _Model, profile: tuple[int, int] | None) -> list[str]:
+    """Warmup batches within the limits; warmup inputs are the model's inputs with their dtypes and dims."""
+    config, mc = model.config, model.mc
     inputs = {t.name: t for t in config.input}
+    problems = []
     for warmup in config.model_warmup:
-        label = f"{where}: model_warmup {warmup.name!r}"
-        if batched and not 1 <= warmup.batch_size <= config.max_batch_size:
+        label = f"{model.where}: model_warmup {warmup.name!r}"
+        if model.batched and not 1 <= warmup.batch_size <= config.max_batch_size:
             problems.append(f"{label}: batch_size {warmup.batch_size} is outside 1..max_batch_size "
                             f"{config.max_batch_size}")
         if profile and not profile[0] <= warmup.batch_size <= profile[1]:
@@ -232,13 +269,24 @@ def check_model(repo: Path, name: str, graph: str, entry: Mapping[str, Any] | No
                             f"{profile[0]}..{profile[1]}")
         if set(warmup.inputs) != set(inputs):
             problems.append(f"{label}: inputs {sorted(warmup.inputs)} differ from the model's {sorted(inputs)}")
-        for input_name, data in warmup.inputs.items():
-            if input_name in inputs:
-                if data.data_type != inputs[input_name].data_type or list(data.dims) != list(inputs[input_name].dims):
-                    problems.append(f"{label}: input {input_name!r} is {_dtype_name(mc, data.data_type)} "
-                                    f"{list(data.dims)}, the model's is {_dtype_name(mc, inputs[input_name].data_type)} "
-                                    f"{list(inputs[input_name].dims)}")
+        for name, data in warmup.inputs.items():
+            want = inputs.get(name)
+            if want is not None and (data.data_type != want.data_type or list(data.dims) != list(want.dims)):
+                problems.append(f"{label}: input {name!r} is {_dtype_name(mc, data.data_type)} {list(data.dims)}, "
+                                f"the model's is {_dtype_name(mc, want.data_type)} {list(want.dims)}")
     return problems
+
+
+def check_model(repo: Path, name: str, graph: str, entry: Mapping[str, Any] | None, bundle: Bundle | None,
+                mc, text_format) -> list[str]:
+    """Every problem of one model folder."""
+    model, problems = _parse_model(repo, name, graph, entry, mc, text_format)
+    if model is None:
+        return problems
+    problems += _model_file_problems(model)
+    manifest_problems, engine = _manifest_problems(model, bundle)
+    batching_problems, profile = _batching_problems(model, engine)
+    return problems + manifest_problems + batching_problems + _warmup_problems(model, profile)
 
 
 def check_repository(repo: str | Path, bundle: Bundle | str | Path | None = None) -> list[str]:
