@@ -167,3 +167,11 @@ def test_serve_command_runs_until_terminated(bundle_dir):
     assert process.returncode == 0, output
     assert f"serving ts2net_text and ts2net_video at http://127.0.0.1:{port}" in output
     assert not any(_port_open(p) for p in (port, port + 1, port + 2))
+
+
+def test_serve_with_a_backend_that_cannot_run_fails_in_one_message(bundle_dir):
+    ensure_serve_env()
+    result = CliRunner().invoke(main, ["serve", "--bundle", str(bundle_dir), "--backend", "tensorrt"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "exited with code 2 before it was ready" in result.output
+    assert f"error: cannot serve {bundle_dir} with tensorrt: tensorrt cannot run" in result.output

@@ -83,10 +83,18 @@ def main(argv: list[str] | None = None) -> int:
     from runtime.bundle import open_bundle
     from runtime.triton import MODEL_NAMES
 
-    bundle = open_bundle(args.bundle)
+    from runtime.backends import BackendUnavailable
+    from runtime.bundle import BundleError
+
+    try:
+        bundle = open_bundle(args.bundle)
+        backends = {graph: [create_backend(bundle, graph, args.backend, args.precision, threads=args.threads).load()
+                            for _ in range(args.instances)] for graph in MODEL_NAMES}
+    except (BundleError, BackendUnavailable, ValueError) as exc:
+        # one readable line at the end of the log: the launcher shows it as the reason
+        print(f"error: cannot serve {args.bundle} with {args.backend}: {exc}", file=sys.stderr, flush=True)
+        return 2
     batching = json.loads(args.batching)
-    backends = {graph: [create_backend(bundle, graph, args.backend, args.precision, threads=args.threads).load()
-                        for _ in range(args.instances)] for graph in MODEL_NAMES}
     config = TritonConfig(http_address=LOOPBACK, http_port=args.http_port, grpc_address=LOOPBACK,
                           grpc_port=args.grpc_port, metrics_address=LOOPBACK, metrics_port=args.metrics_port,
                           allow_cpu_metrics=False, allow_gpu_metrics=False, exit_timeout_secs=5,
