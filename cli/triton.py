@@ -89,11 +89,11 @@ def serve_command(bundle_dir, port, backend, precision, instances, threads, max_
                                                 instances=instances, threads=threads, max_batch=max_batch,
                                                 queue_delay_us=queue_delay_us))
     click.echo(f"starting Triton for {bundle_dir} ({backend}) ...", err=True)
-    _fail_cleanly(server.start)
-    click.echo(f"serving ts2net_text and ts2net_video at {server.url} (gRPC {server.grpc_url}, metrics "
-               f"{server.metrics_url}); log: {server.log_path}; Ctrl-C stops")
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM, even while starting, stops the server like Ctrl-C
     try:
+        _fail_cleanly(server.start)
+        click.echo(f"serving ts2net_text and ts2net_video at {server.url} (gRPC {server.grpc_url}, metrics "
+                   f"{server.metrics_url}); log: {server.log_path}; Ctrl-C stops")
         server.wait()
     except KeyboardInterrupt:
         pass

@@ -48,7 +48,7 @@ def plan_bundle(bundle_dir, tmp_path) -> Path:
         fp16 = manifest["graphs"][graph]["fp16"]
         manifest["engines"][graph] = {
             "file": plan.name, "sha256": sha256_file(plan), "bytes": plan.stat().st_size,
-            "precision": "fp16 (strongly typed from the FP16 graph)", "built_from": fp16["file"],
+            "precision": "fp16", "built_from": fp16["file"],
             "tensorrt_version": "10.9.0", "gpu": {"name": "NVIDIA L4", "compute_capability": "8.9"},
             "profile": profiles[graph], "inputs": fp16["inputs"], "outputs": fp16["outputs"]}
     (path / "manifest.json").write_text(json.dumps(manifest, indent=1))
