@@ -50,12 +50,15 @@ def _click_errors(action):
 @click.option("--milvus-uri", default=None,
               help="Milvus server, e.g. http://host:19530 [default: Milvus Lite file milvus.db in the index].")
 @click.option("--milvus-collection", default=None, help="Milvus collection name [default: generated, recorded].")
+@click.option("--server", default=None, metavar="URL",
+              help="Encode through a Triton server (http://HOST:PORT or grpc://HOST:PORT) instead of --backend.")
 def index_command(bundle_dir, videos_dir, out, backend, precision, dtype, skip_bad, batch_size, cache_dir, no_cache,
-                  workers, no_progress, engine, exact, faiss_kind, milvus_uri, milvus_collection):
+                  workers, no_progress, engine, exact, faiss_kind, milvus_uri, milvus_collection, server):
     """Encode every video in a folder into a search index (resumable; unchanged videos are not re-encoded)."""
     meta = _click_errors(lambda: build_index(
         bundle_dir, videos_dir, out, backend=backend, precision=precision, skip_bad=skip_bad, batch_size=batch_size,
-        cache_dir=False if no_cache else cache_dir, dtype=dtype, progress=not no_progress, workers=workers))
+        cache_dir=False if no_cache else cache_dir, dtype=dtype, progress=not no_progress, workers=workers,
+        server=server))
     b = meta["build"]
     click.echo(f"indexed {meta['n_videos']} videos into {out} ({b['encoded']} encoded, {b['from_cache']} from the "
                f"cache, {b['reused_from_index']} reused from the index; {b['seconds']:.1f} s)")
@@ -87,7 +90,10 @@ def index_command(bundle_dir, videos_dir, out, backend, precision, dtype, skip_b
 @click.option("--json", "as_json", is_flag=True,
               help='Print JSON: a list of {"query", "engine", "results": [{"rank", "video_id", "score", "path"}], '
                    '"rescored", "stop_rule_met", "fallback_scan"}.')
-def search_command(index_dir, queries, k, bundle_dir, backend, engine, as_json):
+@click.option("--explain", "explain_dir", type=click.Path(file_okay=False), default=None,
+              help="Also write an explanation (PNG + JSON) of every returned video and an index.html into this "
+                   "folder (see `ts2net explain`).")
+def search_command(index_dir, queries, k, bundle_dir, backend, engine, as_json, explain_dir):
     """Rank the indexed videos for a text query (scores: logit-scaled TS2-Net similarity)."""
     def run():
         return search_index(open_index(index_dir), list(queries), k, bundle_dir=bundle_dir, backend=backend,
@@ -97,6 +103,17 @@ def search_command(index_dir, queries, k, bundle_dir, backend, engine, as_json):
     for number, query in enumerate(queries, start=1):
         if query_warning(query):
             click.echo(f"warning: query {number}: {query_warning(query)}", err=True)
+    _print_results(results, as_json)
+    if explain_dir is not None:
+        from cli.explain import explain_errors
+        from runtime.explanation import explain_search
+
+        page = explain_errors(lambda: explain_search(open_index(index_dir), results, explain_dir,
+                                                    bundle_dir=bundle_dir, backend=backend))
+        click.echo(f"explanations: {page}", err=True)
+
+
+def _print_results(results, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(results, indent=1, allow_nan=False))  # always a list, one entry per query
         return

@@ -171,8 +171,12 @@ def build_index(
     progress: bool = True,
     chunk_size: Optional[int] = None,
     workers: int = 0,
+    server: Optional[str] = None,
 ) -> dict[str, Any]:
     """Encode every video of ``videos_dir`` into the index directory ``out``; returns index.json's dict.
+
+    ``server``: a Triton URL (``ts2net serve`` or a ``ts2net triton`` repository) that runs the
+    video graph instead of a local backend; the index then records backend ``triton``.
 
     ``cache_dir``: embedding cache root (``None`` = default location, ``False`` = no cache,
     which also means an interrupted build starts over). ``chunk_size``: videos encoded between
@@ -188,13 +192,13 @@ def build_index(
     try:
         with directory_lock(out, "ts2net index", LOCK_FILE):
             return _build_locked(bundle_dir, videos_dir, out, backend, precision, skip_bad, batch_size, cache_dir,
-                                 dtype, progress, chunk_size, workers, start)
+                                 dtype, progress, chunk_size, workers, start, server)
     except LockHeldError as exc:
         raise VideoIndexError(str(exc)) from exc
 
 
 def _build_locked(bundle_dir, videos_dir, out: Path, backend, precision, skip_bad, batch_size, cache_dir, dtype,
-                  progress, chunk_size, workers, start) -> dict[str, Any]:
+                  progress, chunk_size, workers, start, server) -> dict[str, Any]:
     """build_index's work, run while this process holds the index directory's lock."""
     from .backends import default_precision
     from .bundle import open_bundle
@@ -209,6 +213,8 @@ def _build_locked(bundle_dir, videos_dir, out: Path, backend, precision, skip_ba
         raise VideoIndexError(f"{videos_dir}: no video files (looked for {', '.join(datasets.VIDEO_EXTENSIONS)})"
                               + (f"; {len(unusable)} unusable entries skipped" if unusable else ""))
     bundle = open_bundle(bundle_dir)
+    if server:
+        backend = "triton"
     precision = precision or default_precision(bundle, backend)
     cache = None
     if cache_dir is not False:
@@ -216,7 +222,13 @@ def _build_locked(bundle_dir, videos_dir, out: Path, backend, precision, skip_ba
                                precision)
     known = _reusable_rows(out, bundle.content_id, backend, precision, dtype)
 
-    with BundleEncoder(bundle, backend=backend, precision=precision, batch_size=batch_size) as encoder:
+    if server:
+        from .triton.client import ServerEncoder
+
+        encoder = ServerEncoder(bundle, server, batch_size=batch_size)
+    else:
+        encoder = BundleEncoder(bundle, backend=backend, precision=precision, batch_size=batch_size)
+    with encoder:
         result = encode_videos_cached(encoder, list(files.values()), cache, skip_bad=skip_bad,
                                       chunk_size=chunk_size or max(2 * batch_size, 16), progress=progress,
                                       known=known, workers=workers)
@@ -245,6 +257,7 @@ def _build_locked(bundle_dir, videos_dir, out: Path, backend, precision, skip_ba
                    "max_words": bundle.max_words, "embed_dim": bundle.embed_dim},
         "backend": backend,
         "precision": precision,
+        "server": server,
         "dtype": dtype,
         "preprocessing": preprocessing_identity(),
         "similarity": bundle.similarity_args,
@@ -293,25 +306,11 @@ def query_warning(query: str) -> Optional[str]:
     return None
 
 
-def search_index(index: VideoIndex, queries: Sequence[str], k: int = 10, *, bundle_dir=None,
-                 backend: str = "ort-cpu", batch_size: int = 16, engine: Optional[str] = None) -> list[dict[str, Any]]:
-    """Rank the indexed videos for each query by the TS2-Net similarity (logit-scaled scores).
-
-    The bundle defaults to the one recorded in the index; its id must match the index's.
-    ``engine``: None = the index's recorded engine (``runtime.search``), "scan" = every video.
-    Returns one ``{"query", "engine", "results": [{"rank", "video_id", "score", "path"}], "rescored",
-    "stop_rule_met", "fallback_scan"}`` per query.
-    """
+def index_bundle(index: VideoIndex, bundle_dir=None):
+    """The bundle to encode queries for ``index`` with: ``bundle_dir``, else the one recorded in the
+    index; refused when its id differs from the index's (embeddings of two models do not compare)."""
     from .bundle import open_bundle
-    from .encoder import BundleEncoder
 
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    for number, query in enumerate(queries, start=1):
-        if not query.strip():
-            raise VideoIndexError(f"query {number} is empty: give the text to search for")
-        if query_warning(query):
-            log.warning("query %s: %s", number, query_warning(query))
     path = Path(bundle_dir) if bundle_dir is not None else Path(index.meta["bundle"]["path"])
     if bundle_dir is None and not path.is_dir():
         raise VideoIndexError(f"{index.path}: the bundle recorded in the index, {path}, does not exist here; "
@@ -321,6 +320,29 @@ def search_index(index: VideoIndex, queries: Sequence[str], k: int = 10, *, bund
         raise VideoIndexError(f"{index.path} was built with bundle id {index.meta['bundle']['id']} but {path} has id "
                           f"{bundle.content_id}: its text embeddings are not comparable; pass the original --bundle "
                           "or rebuild the index")
+    return bundle
+
+
+def search_index(index: VideoIndex, queries: Sequence[str], k: int = 10, *, bundle_dir=None,
+                 backend: str = "ort-cpu", batch_size: int = 16, engine: Optional[str] = None) -> list[dict[str, Any]]:
+    """Rank the indexed videos for each query by the TS2-Net similarity (logit-scaled scores).
+
+    The bundle defaults to the one recorded in the index; its id must match the index's.
+    ``engine``: None = the index's recorded engine (``runtime.search``), "scan" = every video.
+    Returns one ``{"query", "engine", "results": [{"rank", "video_id", "score", "path"}], "rescored",
+    "stop_rule_met", "fallback_scan"}`` per query.
+    """
+    from .encoder import BundleEncoder
+
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    for number, query in enumerate(queries, start=1):
+        if not query.strip():
+            raise VideoIndexError(f"query {number} is empty: give the text to search for")
+        if query_warning(query):
+            log.warning("query %s: %s", number, query_warning(query))
+    bundle = index_bundle(index, bundle_dir)
+    path = bundle.path
     with BundleEncoder(bundle, backend=backend, precision=index.meta["precision"], batch_size=batch_size) as enc:
         text = np.asarray(enc.encode_texts(list(queries)), np.float32)
     from .search import Searcher, hits_json
