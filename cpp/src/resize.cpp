@@ -65,62 +65,44 @@ inline uint8_t clip8(int32_t v) {
   return uint8_t(v >> kPrecisionBits);
 }
 
-}  // namespace
 
-RgbImage resize_bicubic(const RgbImage& in, int out_w, int out_h) {
-  if (in.width <= 0 || in.height <= 0 || out_w <= 0 || out_h <= 0 ||
-      in.pixels.size() != size_t(in.width) * size_t(in.height) * 3)
-    throw std::invalid_argument("resize_bicubic: bad image or target size");
-  const bool need_h = out_w != in.width, need_v = out_h != in.height;
-  const Taps h = precompute(in.width, out_w);
-  const Taps v = precompute(in.height, out_h);
-  // Rows of the input the vertical pass reads.
-  const int y_first = v.first[0];
-  const int y_last = v.first[size_t(out_h - 1)] + v.count[size_t(out_h - 1)];
 
-  RgbImage temp;
-  const RgbImage* src = &in;
-  int row_offset = 0;  // input row of src's row 0
-  if (need_h) {
-    const int rows = need_v ? y_last - y_first : in.height;
-    const int y0 = need_v ? y_first : 0;
-    temp.width = out_w;
-    temp.height = rows;
-    temp.pixels.resize(size_t(out_w) * size_t(rows) * 3);
-    for (int y = 0; y < rows; ++y) {
-      const uint8_t* line = &in.pixels[size_t(y + y0) * size_t(in.width) * 3];
-      uint8_t* dst = &temp.pixels[size_t(y) * size_t(out_w) * 3];
-      for (int xx = 0; xx < out_w; ++xx) {
-        const int32_t* k = &h.weights[size_t(xx) * size_t(h.ksize)];
-        const int xmin = h.first[size_t(xx)], n = h.count[size_t(xx)];
-        int32_t s0 = 1 << (kPrecisionBits - 1), s1 = s0, s2 = s0;
-        for (int x = 0; x < n; ++x) {
-          const uint8_t* p = line + size_t(x + xmin) * 3;
-          s0 += p[0] * k[x];
-          s1 += p[1] * k[x];
-          s2 += p[2] * k[x];
-        }
-        dst[size_t(xx) * 3 + 0] = clip8(s0);
-        dst[size_t(xx) * 3 + 1] = clip8(s1);
-        dst[size_t(xx) * 3 + 2] = clip8(s2);
+// One horizontal pass: rows [y0, y0 + rows) of `in`, resampled to `taps` columns.
+RgbImage horizontal_pass(const RgbImage& in, const Taps& h, int out_w, int y0, int rows) {
+  RgbImage out{out_w, rows, std::vector<uint8_t>(size_t(out_w) * size_t(rows) * 3)};
+  for (int y = 0; y < rows; ++y) {
+    const uint8_t* line = &in.pixels[size_t(y + y0) * size_t(in.width) * 3];
+    uint8_t* dst = &out.pixels[size_t(y) * size_t(out_w) * 3];
+    for (int xx = 0; xx < out_w; ++xx) {
+      const int32_t* k = &h.weights[size_t(xx) * size_t(h.ksize)];
+      const int xmin = h.first[size_t(xx)], n = h.count[size_t(xx)];
+      int32_t s0 = 1 << (kPrecisionBits - 1), s1 = s0, s2 = s0;
+      for (int x = 0; x < n; ++x) {
+        const uint8_t* p = line + size_t(x + xmin) * 3;
+        s0 += p[0] * k[x];
+        s1 += p[1] * k[x];
+        s2 += p[2] * k[x];
       }
+      dst[size_t(xx) * 3 + 0] = clip8(s0);
+      dst[size_t(xx) * 3 + 1] = clip8(s1);
+      dst[size_t(xx) * 3 + 2] = clip8(s2);
     }
-    src = &temp;
-    row_offset = y0;
   }
-  if (!need_v) return need_h ? temp : in;
-  RgbImage out;
-  out.width = src->width;
-  out.height = out_h;
-  out.pixels.resize(size_t(out.width) * size_t(out_h) * 3);
+  return out;
+}
+
+// One vertical pass to `out_h` rows; the taps' first rows are shifted by -row_offset (the input
+// may hold only the rows from row_offset on).
+RgbImage vertical_pass(const RgbImage& in, const Taps& v, int out_h, int row_offset) {
+  RgbImage out{in.width, out_h, std::vector<uint8_t>(size_t(in.width) * size_t(out_h) * 3)};
   for (int yy = 0; yy < out_h; ++yy) {
     const int32_t* k = &v.weights[size_t(yy) * size_t(v.ksize)];
     const int ymin = v.first[size_t(yy)] - row_offset, n = v.count[size_t(yy)];
-    uint8_t* dst = &out.pixels[size_t(yy) * size_t(out.width) * 3];
-    for (int xx = 0; xx < out.width; ++xx) {
+    uint8_t* dst = &out.pixels[size_t(yy) * size_t(in.width) * 3];
+    for (int xx = 0; xx < in.width; ++xx) {
       int32_t s0 = 1 << (kPrecisionBits - 1), s1 = s0, s2 = s0;
       for (int y = 0; y < n; ++y) {
-        const uint8_t* p = &src->pixels[(size_t(y + ymin) * size_t(src->width) + size_t(xx)) * 3];
+        const uint8_t* p = &in.pixels[(size_t(y + ymin) * size_t(in.width) + size_t(xx)) * 3];
         s0 += p[0] * k[y];
         s1 += p[1] * k[y];
         s2 += p[2] * k[y];
@@ -131,6 +113,31 @@ RgbImage resize_bicubic(const RgbImage& in, int out_w, int out_h) {
     }
   }
   return out;
+}
+
+}  // namespace
+
+RgbImage resize_bicubic(const RgbImage& in, int out_w, int out_h) {
+  if (in.width <= 0 || in.height <= 0 || out_w <= 0 || out_h <= 0 ||
+      in.pixels.size() != size_t(in.width) * size_t(in.height) * 3)
+    throw std::invalid_argument("resize_bicubic: bad image or target size");
+  const bool need_h = out_w != in.width, need_v = out_h != in.height;
+  if (!need_h && !need_v) return in;
+  const Taps h = precompute(in.width, out_w);
+  const Taps v = precompute(in.height, out_h);
+  // Pillow >= 13 runs the vertical pass first when the height shrinks and the width does not
+  // (a cheaper horizontal pass); otherwise horizontal first, over only the rows the vertical
+  // pass will read. The 8-bit rounding between passes makes the order visible in the result.
+  const bool horizontal_first = !(out_w >= in.width && out_h < in.height);
+  if (horizontal_first) {
+    if (!need_h) return vertical_pass(in, v, out_h, 0);
+    const int y_first = v.first[0];
+    const int y_last = v.first[size_t(out_h - 1)] + v.count[size_t(out_h - 1)];
+    const RgbImage temp = horizontal_pass(in, h, out_w, y_first, y_last - y_first);
+    return need_v ? vertical_pass(temp, v, out_h, y_first) : temp;
+  }
+  const RgbImage temp = vertical_pass(in, v, out_h, 0);
+  return need_h ? horizontal_pass(temp, h, out_w, 0, out_h) : temp;
 }
 
 }  // namespace ts2net

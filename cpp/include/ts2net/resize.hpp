@@ -1,7 +1,7 @@
 // Pillow-identical bicubic resize of 8-bit RGB images (Image.resize(size, BICUBIC), no box, no
 // reducing_gap), written from the algorithm:
-//   - separable: a horizontal pass into an 8-bit intermediate (only the rows the vertical pass
-//     reads), then a vertical pass;
+//   - separable: two 8-bit passes; horizontal first (over only the rows the vertical pass
+//     reads), except vertical first when the height shrinks and the width does not (Pillow 13);
 //   - per output pixel, the filter centre is (x + 0.5) * scale in input coordinates; on
 //     downsampling the bicubic support (2, a = -0.5) and the kernel's argument are scaled by
 //     scale = in / out, on upsampling not; the taps run over [int(centre - support + 0.5),
