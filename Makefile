@@ -23,7 +23,7 @@ DATA        ?= data/synth
 DEMO_BUNDLE ?= bundles/demo
 DEMO_REPORTS ?= reports/demo
 
-.PHONY: setup test export engine bench data train-demo demo clean
+.PHONY: setup test export engine bench data train-demo demo clean cpp cpp-build
 .PRECIOUS: runs/%/model.safetensors
 
 setup: $(STAMP)
@@ -33,8 +33,19 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e ".[export,dev]"
 	@mkdir -p $(dir $(STAMP)) && touch $(STAMP)
 
-test: setup
+test: setup cpp-build
 	$(PYTHON) -m pytest -q
+
+# The C++ consumer (cpp/): library `ts2net`, CLI cpp/build/ts2net-cpp, example, test helper.
+# OpenVINO's C++ headers, libraries and CMake config come from its pip wheel; FFmpeg, nlohmann-json
+# and OpenSSL from Debian's -dev packages (.ci/run installs them).
+CPP_BUILD ?= cpp/build
+cpp: setup cpp-build
+
+cpp-build:
+	cmake -S cpp -B $(CPP_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release \
+		-DOpenVINO_DIR="$$($(PYTHON) -c 'from openvino.utils import get_cmake_path; print(get_cmake_path())')" >/dev/null
+	cmake --build $(CPP_BUILD)
 
 export: setup
 	$(TS2NET) export --out $(OUT) --opset $(OPSET) \

@@ -116,6 +116,8 @@ RgbImage to_rgb(const AVFrame* frame, const std::string& path) {
 
 }  // namespace
 
+void set_decoder_log(bool enabled) { av_log_set_level(enabled ? AV_LOG_WARNING : AV_LOG_QUIET); }
+
 std::vector<int64_t> sample_frame_numbers(int64_t frame_count, double fps, int max_frames) {
   const int64_t step = int64_t(fps);
   if (step < 1) throw Error("fps must be >= 1 (int(fps) is the sampling step), got " + std::to_string(fps));

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <fstream>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <iostream>
 #include <map>
@@ -32,7 +33,7 @@ const char* kUsage =
     "  ts2net-cpp rank BUNDLE OUT_DIR --ids IDS.npy [-k K] [--precision P] [--threads N]\n"
     "precisions: the graph precisions the bundle lists (fp32, fp16, int8, ...) and bf16 (the fp32 graph\n"
     "with OpenVINO's bf16 inference hint, where the CPU has native bf16). Token ids come from the Python\n"
-    "tokenizer: python -c \"from runtime.bundle import open_bundle; ...encode_batch(...)\" (docs/cpp.md).\n";
+    "tokenizer (docs/cpp.md). TS2NET_FFMPEG_LOG=1 shows FFmpeg's own log lines.\n";
 
 struct UsageError : Error {
   using Error::Error;
@@ -277,6 +278,8 @@ int main(int argc, char** argv) {
     return argc < 2 ? 2 : 0;
   }
   const std::string command = argv[1];
+  // One-line errors: FFmpeg's own log only when asked for (TS2NET_FFMPEG_LOG=1).
+  set_decoder_log(std::getenv("TS2NET_FFMPEG_LOG") != nullptr && std::string(std::getenv("TS2NET_FFMPEG_LOG")) == "1");
   const std::vector<std::string> enc = {"--precision", "--threads"};
   try {
     if (command == "parity") return cmd_parity(Args(argc, argv, 2, {"--precision", "--threads", "--json"}, {}));

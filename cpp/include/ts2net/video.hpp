@@ -41,6 +41,10 @@ struct Clip {
   std::vector<int64_t> frame_numbers;  // the decoded frame numbers kept, in order
 };
 
+// FFmpeg's own log lines on stderr (off: the VideoDecodeError message already names the file and
+// the cause; on: FFmpeg's detail, for diagnosing a file). Process-wide, as FFmpeg's log level is.
+void set_decoder_log(bool enabled);
+
 // Frame numbers the official loader keeps for a video of `frame_count` decodable frames.
 std::vector<int64_t> sample_frame_numbers(int64_t frame_count, double fps, int max_frames);
 
