@@ -63,11 +63,15 @@ bench: setup
 
 # The whole product on the embedded default model: benchmark test split (generated if absent),
 # export + validation, runtime parity (FP32 and FP16 graphs), evaluation, latency, one summary.
-demo: setup
+demo: setup cpp-build
 	$(PYTHON) -m ts2net.synthbench --out $(DATA) --splits test --test 1000
 	$(TS2NET) export --out $(DEMO_BUNDLE)
 	$(TS2NET) parity --bundle $(DEMO_BUNDLE) --backend ort-cpu --precision fp32 --out $(DEMO_REPORTS)/parity-fp32
 	$(TS2NET) parity --bundle $(DEMO_BUNDLE) --backend ort-cpu --precision fp16 --out $(DEMO_REPORTS)/parity-fp16
+	@mkdir -p $(DEMO_REPORTS)/cpp
+	$(CPP_BUILD)/ts2net-cpp parity $(DEMO_BUNDLE) --json $(DEMO_REPORTS)/cpp/parity-fp32.json
+	$(PYTHON) cpp/tools/encode_timing.py --bundle $(DEMO_BUNDLE) --annotations $(DATA)/test.csv \
+		--videos $(DATA)/videos --first 100 --out $(DEMO_REPORTS)/cpp
 	$(TS2NET) eval --bundle $(DEMO_BUNDLE) --csv $(DATA)/test.csv --videos $(DATA)/videos --out $(DEMO_REPORTS)/eval
 	$(TS2NET) bench --bundle $(DEMO_BUNDLE) --batch-sizes 1,8 --out $(DEMO_REPORTS)/bench
 	$(PYTHON) -m runtime.summary --bundle $(DEMO_BUNDLE) --reports $(DEMO_REPORTS) --ablations ts2net/demo/ablations.json
