@@ -465,3 +465,25 @@ def test_cli_usage_errors_exit_2(cpp_binaries, tiny_bundle):
                  ["parity", tiny_bundle, "--bogus", "1"]):
         result = run_cli(*args, check=False)
         assert result.returncode == 2, args
+
+
+def test_installed_package_builds_a_consumer_with_find_package(cpp_binaries, tmp_path):
+    """`cmake --install` + find_package(ts2net) + ts2net::ts2net builds the example elsewhere."""
+    from openvino.utils import get_cmake_path
+
+    prefix, project = tmp_path / "prefix", tmp_path / "consumer"
+    subprocess.run(["cmake", "--install", str(BUILD), "--prefix", str(prefix)], check=True, capture_output=True)
+    project.mkdir()
+    (project / "CMakeLists.txt").write_text(
+        "cmake_minimum_required(VERSION 3.16)\nproject(consumer CXX)\nset(CMAKE_CXX_STANDARD 17)\n"
+        "find_package(ts2net REQUIRED)\n"
+        f"add_executable(app {ROOT / 'cpp' / 'examples' / 'rank_videos.cpp'})\n"
+        "target_link_libraries(app PRIVATE ts2net::ts2net)\n")
+    configure = subprocess.run(["cmake", "-S", str(project), "-B", str(project / "build"), "-G", "Ninja",
+                                f"-DCMAKE_PREFIX_PATH={prefix}", f"-DOpenVINO_DIR={get_cmake_path()}"],
+                               capture_output=True, text=True)
+    assert configure.returncode == 0, configure.stdout + configure.stderr
+    build = subprocess.run(["cmake", "--build", str(project / "build")], capture_output=True, text=True)
+    assert build.returncode == 0, build.stdout + build.stderr
+    usage = subprocess.run([str(project / "build" / "app")], capture_output=True, text=True)
+    assert usage.returncode == 2 and "usage" in usage.stderr
