@@ -440,6 +440,19 @@ def test_encode_bad_videos_error_or_are_listed_with_skip_bad(cpp_binaries, tiny_
     assert np.load(out / "frame_embeds.npy").shape[0] == 2 and np.load(out / "frame_mask.npy").shape[0] == 2
 
 
+def test_encode_refuses_a_folder_another_encode_is_writing(cpp_binaries, tiny_bundle, encode_videos, tmp_path):
+    import fcntl
+
+    out = tmp_path / "busy"
+    out.mkdir()
+    with open(out / ".ts2net-cpp.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        result = run_cli("encode", tiny_bundle, out, encode_videos[0], check=False)
+    assert result.returncode == 2 and "another ts2net-cpp encode is writing" in result.stderr
+    assert not (out / "videos.json").exists()
+    run_cli("encode", tiny_bundle, out, encode_videos[0])  # lock released: it runs
+
+
 # --------------------------------------------------------------------------------------------
 # the example
 # --------------------------------------------------------------------------------------------

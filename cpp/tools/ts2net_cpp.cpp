@@ -2,6 +2,8 @@
 // 1 parity failed, 2 error (the message names the file, field or shape and the fix).
 #include <algorithm>
 #include <cctype>
+#include <cmath>
+#include <fcntl.h>
 #include <chrono>
 #include <fstream>
 #include <cstdio>
@@ -10,7 +12,9 @@
 #include <iostream>
 #include <map>
 #include <string>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <thread>
 #include <vector>
 
@@ -150,6 +154,12 @@ int cmd_encode(const Args& args) {
   const std::string out_dir = args.positional[1];
   if (!is_dir(out_dir) && ::mkdir(out_dir.c_str(), 0777) != 0)
     throw Error(out_dir + ": cannot create the output folder: " + std::strerror(errno));
+  // One writer per output folder: a second encode into it fails instead of mixing the files.
+  const std::string lock_path = out_dir + "/.ts2net-cpp.lock";
+  const int lock_fd = ::open(lock_path.c_str(), O_CREAT | O_RDWR, 0666);
+  if (lock_fd < 0 || ::flock(lock_fd, LOCK_EX | LOCK_NB) != 0)
+    throw Error(out_dir + ": another ts2net-cpp encode is writing this folder (lock " + lock_path +
+                "); wait for it or choose another OUT_DIR");
   const bool skip_bad = args.flag("--skip-bad");
   const int batch = args.get_int("--batch", 8, 1);
   const int decode_threads = args.get_int("--decode-threads", 1, 1);
@@ -206,6 +216,11 @@ int cmd_encode(const Args& args) {
     const auto t1 = std::chrono::steady_clock::now();
     VideoEmbeddings e = encoder.encode(frames.data(), mask.data(), m);
     encode_seconds += seconds_since(t1);
+    for (size_t i = 0; i < e.frame_embeds.size(); ++i)
+      if (!std::isfinite(e.frame_embeds[i]))
+        throw Error("the video graph gave non-finite embeddings for " + kept[kept.size() - size_t(m) + i / size_t(T * D)] +
+                    " (precision " + encoder.plan().graph_precision + ", hint " + encoder.plan().hint +
+                    "); check the bundle with ts2net-cpp parity");
     embeds.insert(embeds.end(), e.frame_embeds.begin(), e.frame_embeds.end());
     for (auto v : mask) masks.push_back(uint8_t(v));
   }
@@ -213,7 +228,7 @@ int cmd_encode(const Args& args) {
   write_npy(out_dir + "/frame_embeds.npy", {N, T, D}, embeds);
   write_npy(out_dir + "/frame_mask.npy", {N, T}, masks);
   json listing = {
-      {"bundle", bundle.path()}, {"precision", encoder.plan().graph_precision},
+      {"bundle", bundle.path()}, {"precision", encoder_options(args).precision}, {"graph", encoder.plan().graph_precision},
       {"inference_precision_hint", encoder.plan().hint}, {"videos", kept}, {"skipped", skipped},
       {"timing", {{"videos_encoded", N}, {"videos_given", videos.size()}, {"batch", batch},
                   {"decode_threads", decode_threads}, {"model_compile_seconds", load_seconds},
