@@ -197,6 +197,37 @@ def test_frames_bad_videos_are_clear_errors(cpp_binaries, tiny_bundle, tmp_path)
         assert not (tmp_path / "out.npy").exists()
 
 
+def _faststart_copy(src_path: Path, dst_path: Path) -> Path:
+    """A remux with the index (moov) first, so a file cut short still opens."""
+    import av
+
+    with av.open(str(src_path)) as src, av.open(str(dst_path), "w", options={"movflags": "faststart"}) as dst:
+        stream = dst.add_stream_from_template(src.streams.video[0])
+        for packet in src.demux(src.streams.video[0]):
+            if packet.dts is None:
+                continue
+            packet.stream = stream
+            dst.mux(packet)
+    return dst_path
+
+
+def test_frames_refuses_a_cleanly_cut_file_and_a_still_image(cpp_binaries, tiny_bundle, tmp_path):
+    """A faststart MP4 cut at a packet boundary decodes without error: only the stated count tells."""
+    import av
+
+    whole = _faststart_copy(write_video(tmp_path / "whole.mp4", 60, 25, 160, 120, MPEG4), tmp_path / "fast.mp4")
+    with av.open(str(whole)) as container:
+        ends = sorted(p.pos + p.size for p in container.demux(container.streams.video[0]) if p.pos is not None)
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(whole.read_bytes()[: ends[len(ends) // 2]])
+    result = run_cli("frames", tiny_bundle, cut, tmp_path / "out.npy", check=False)
+    assert result.returncode == 2 and "the container states 60 frames but only" in result.stderr, result.stderr
+    still = tmp_path / "photo.mp4"
+    Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(still, format="PNG")
+    result = run_cli("frames", tiny_bundle, still, tmp_path / "out.npy", check=False)
+    assert result.returncode == 2 and "a still image (png)" in result.stderr, result.stderr
+
+
 def _bad_videos(folder: Path) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     empty = folder / "empty.mp4"
@@ -205,19 +236,7 @@ def _bad_videos(folder: Path) -> dict[str, Path]:
     corrupt.write_bytes(np.random.default_rng(1).integers(0, 256, 5000, dtype=np.uint8).tobytes())
     whole = write_video(folder / "whole.mp4", 60, 25, 160, 120, H264 or MPEG4)
     truncated = folder / "truncated.mp4"
-    data = whole.read_bytes()
-    # moov first (faststart) so the container opens and the cut lands in the frame data
-    faststart = folder / "faststart.mp4"
-    import av
-
-    with av.open(str(whole)) as src, av.open(str(faststart), "w", options={"movflags": "faststart"}) as dst:
-        stream = dst.add_stream_from_template(src.streams.video[0])
-        for packet in src.demux(src.streams.video[0]):
-            if packet.dts is None:
-                continue
-            packet.stream = stream
-            dst.mux(packet)
-    data = faststart.read_bytes()
+    data = _faststart_copy(whole, folder / "faststart.mp4").read_bytes()  # opens; the cut lands in the frames
     truncated.write_bytes(data[: len(data) // 2])
     return {"missing": folder / "missing.mp4", "empty": empty, "corrupt": corrupt, "truncated": truncated}
 

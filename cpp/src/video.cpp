@@ -3,6 +3,7 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cmath>
 #include <memory>
 
@@ -44,6 +45,17 @@ std::unique_ptr<Container> open_container(const std::string& path) {
   for (unsigned i = 0; i < c->fmt->nb_streams; ++i)
     if (c->fmt->streams[i]->codecpar->codec_type == AVMEDIA_TYPE_VIDEO) { c->stream = int(i); break; }
   if (c->stream < 0) throw VideoDecodeError(path, "no video stream");
+  // FFmpeg opens a still image (a PNG or JPEG renamed .mp4) through an image demuxer as a one-frame
+  // stream, and a single-frame GIF through `gif`; either would be ranked like a video.
+  const std::string demuxer = c->fmt->iformat->name;
+  const bool image_demuxer = (demuxer.size() > 5 && demuxer.compare(demuxer.size() - 5, 5, "_pipe") == 0) ||
+                             demuxer == "image2" || demuxer == "image2pipe";
+  if (image_demuxer || (demuxer == "gif" && c->fmt->streams[c->stream]->nb_frames <= 1)) {
+    const AVCodecDescriptor* d = avcodec_descriptor_get(c->fmt->streams[c->stream]->codecpar->codec_id);
+    throw VideoDecodeError(path, std::string("a still image (") + (d ? d->name : "image") +
+                                     "), not a video: FFmpeg reads it as a one-frame stream, which would be indexed "
+                                     "and ranked like a video; convert it to a video or remove it");
+  }
   return c;
 }
 
@@ -58,14 +70,15 @@ VideoInfo info_of(const Container& c, const std::string& path) {
   VideoInfo info;
   info.path = path;
   info.fps = fps;
+  double seconds = c.fmt->duration != AV_NOPTS_VALUE ? double(c.fmt->duration) / 1e6 : 0.0;
+  if (seconds <= 0 && s->duration != AV_NOPTS_VALUE && s->duration > 0 && s->time_base.den)
+    seconds = double(s->duration) * to_double(s->time_base);
+  info.duration_frames = seconds > 0 ? int64_t(std::floor(seconds * fps + 0.5)) : 0;
   if (s->nb_frames > 0) {
     info.frame_count = s->nb_frames;
     info.frame_count_source = "stream";
   } else {
-    double seconds = c.fmt->duration != AV_NOPTS_VALUE ? double(c.fmt->duration) / 1e6 : 0.0;
-    if (seconds <= 0 && s->duration != AV_NOPTS_VALUE && s->duration > 0 && s->time_base.den)
-      seconds = double(s->duration) * to_double(s->time_base);
-    info.frame_count = seconds > 0 ? int64_t(std::floor(seconds * fps + 0.5)) : 0;
+    info.frame_count = info.duration_frames;
     info.frame_count_source = info.frame_count > 0 ? "duration" : "unknown";
   }
   info.width = s->codecpar->width;
@@ -115,6 +128,15 @@ RgbImage to_rgb(const AVFrame* frame, const std::string& path) {
 }
 
 }  // namespace
+
+void check_frame_count(const VideoInfo& info, int64_t decoded) {
+  if (info.frame_count_source != "stream" || decoded >= info.frame_count) return;
+  const int64_t expected = info.duration_frames > 0 ? std::min(info.frame_count, info.duration_frames) : info.frame_count;
+  if (decoded < expected - kFrameCountTolerance)
+    throw VideoDecodeError(info.path, "the container states " + std::to_string(info.frame_count) + " frames but only " +
+                                          std::to_string(decoded) +
+                                          " decode: the file is truncated or damaged (copy or download it again)");
+}
 
 void set_decoder_log(bool enabled) { av_log_set_level(enabled ? AV_LOG_WARNING : AV_LOG_QUIET); }
 
@@ -241,6 +263,7 @@ Clip VideoReader::load(const std::string& path) const {
   int64_t count = 0;
   auto kept = decode(path, std::set<int64_t>(predicted.begin(), predicted.end()), count);
   if (count == 0) throw VideoDecodeError(path, "no decodable frames");
+  check_frame_count(info, count);
   const auto chosen = sample_frame_numbers(count, info.fps, T);
   auto have_all = [&](const std::vector<std::pair<int64_t, RgbImage>>& k) {
     std::set<int64_t> got;

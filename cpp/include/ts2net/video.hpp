@@ -32,7 +32,19 @@ struct VideoInfo {
   int width = 0;
   int height = 0;
   std::string codec;
+  int64_t duration_frames = 0;  // round(container duration * fps): what an edit list leaves to play
 };
+
+// Frames a stream may decode short of the count its container states before the file counts as
+// truncated (see check_frame_count).
+inline constexpr int64_t kFrameCountTolerance = 1;
+
+// A VideoDecodeError when fewer frames decode than an exact container count (MP4/MOV nb_frames)
+// states: a cut-short "faststart" MP4 often decodes its remaining packets without any error, so
+// only the count tells. The expected count is the smaller of nb_frames and round(duration * fps)
+// (a stream-copied cut keeps leading samples that its edit list drops), less a 1-frame tolerance
+// for rounding; counts estimated from the duration alone (Matroska, MPEG-TS) are not checked.
+void check_frame_count(const VideoInfo& info, int64_t decoded);
 
 // One preprocessed clip, as the video graph receives it.
 struct Clip {
