@@ -136,6 +136,11 @@ std::vector<std::string> manifest_problems(const json& m) {
           check_tensors(where + ".inputs", entry.value("inputs", json()), problems);
           check_tensors(where + ".outputs", entry.value("outputs", json()), problems);
           if (entry.contains("external_data")) check_file_entry(where + ".external_data", entry["external_data"], problems);
+          if (entry.contains("openvino_ir")) {
+            check_file_entry(where + ".openvino_ir", entry["openvino_ir"], problems);
+            if (entry["openvino_ir"].is_object())
+              check_file_entry(where + ".openvino_ir.weights", entry["openvino_ir"].value("weights", json()), problems);
+          }
         }
       }
     }
@@ -233,8 +238,18 @@ GraphEntry Bundle::graph(const std::string& graph, const std::string& precision)
     throw BundleError(dir_ + ": no " + precision + " " + graph + " graph (bundle has " + have + ")");
   }
   const auto& e = manifest_["graphs"][graph][precision];
-  GraphEntry entry{graph, precision, e["file"], e["sha256"], "", tensor_specs(e["inputs"]), tensor_specs(e["outputs"])};
+  GraphEntry entry;
+  entry.graph = graph;
+  entry.precision = precision;
+  entry.file = e["file"];
+  entry.sha256 = e["sha256"];
+  entry.inputs = tensor_specs(e["inputs"]);
+  entry.outputs = tensor_specs(e["outputs"]);
   if (e.contains("external_data")) entry.external_data_file = e["external_data"]["file"];
+  if (e.contains("openvino_ir")) {
+    entry.openvino_ir_file = e["openvino_ir"]["file"];
+    entry.openvino_ir_weights_file = e["openvino_ir"]["weights"]["file"];
+  }
   return entry;
 }
 
@@ -242,6 +257,14 @@ std::string Bundle::graph_path(const std::string& graph_name, const std::string&
   auto entry = graph(graph_name, precision);
   if (!entry.external_data_file.empty()) verified_file(entry.external_data_file);
   return verified_file(entry.file);
+}
+
+std::pair<std::string, std::string> Bundle::openvino_ir_paths(const std::string& graph_name,
+                                                              const std::string& precision) const {
+  auto entry = graph(graph_name, precision);
+  if (entry.openvino_ir_file.empty())
+    throw BundleError(dir_ + ": the " + precision + " " + graph_name + " graph has no OpenVINO IR form");
+  return {verified_file(entry.openvino_ir_file), verified_file(entry.openvino_ir_weights_file)};
 }
 
 std::map<std::string, std::string> Bundle::listed_files() const {
@@ -252,6 +275,10 @@ std::map<std::string, std::string> Bundle::listed_files() const {
       files[entry["file"]] = "graphs." + graph + "." + precision;
       if (entry.contains("external_data"))
         files[entry["external_data"]["file"]] = "graphs." + graph + "." + precision + ".external_data";
+      if (entry.contains("openvino_ir")) {
+        files[entry["openvino_ir"]["file"]] = "graphs." + graph + "." + precision + ".openvino_ir";
+        files[entry["openvino_ir"]["weights"]["file"]] = "graphs." + graph + "." + precision + ".openvino_ir.weights";
+      }
     }
   if (manifest_.contains("engines") && manifest_["engines"].is_object())
     for (const auto& [graph, entry] : manifest_["engines"].items()) files[entry["file"]] = "engines." + graph;
@@ -267,6 +294,10 @@ std::string Bundle::expected_sha256(const std::string& name) const {
     for (const auto& [precision, entry] : precisions.items()) {
       if (check(entry)) return entry["sha256"];
       if (entry.contains("external_data") && check(entry["external_data"])) return entry["external_data"]["sha256"];
+      if (entry.contains("openvino_ir")) {
+        if (check(entry["openvino_ir"])) return entry["openvino_ir"]["sha256"];
+        if (check(entry["openvino_ir"]["weights"])) return entry["openvino_ir"]["weights"]["sha256"];
+      }
     }
   if (manifest_.contains("engines") && manifest_["engines"].is_object())
     for (const auto& [graph, entry] : manifest_["engines"].items())

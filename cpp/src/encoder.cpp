@@ -2,6 +2,7 @@
 #include "ts2net/encoder.hpp"
 
 #include <algorithm>
+#include <tuple>
 #include <openvino/openvino.hpp>
 
 #include "ts2net/errors.hpp"
@@ -28,7 +29,7 @@ PrecisionPlan plan_precision(const Bundle& bundle, const std::string& graph, con
       throw Error("precision bf16: device " + device + " does not report BF16 in OPTIMIZATION_CAPABILITIES (" + have +
                   "); this CPU has no native bfloat16 (AVX512-BF16 or AMX); use --precision fp32");
     }
-    return {"fp32", "bf16"};
+    return {"fp32", "bf16", ""};
   }
   if (!bundle.has_graph(graph, precision)) {
     std::string have;
@@ -36,7 +37,7 @@ PrecisionPlan plan_precision(const Bundle& bundle, const std::string& graph, con
     throw BundleError(bundle.path() + ": no " + precision + " " + graph + " graph (bundle has " + have +
                       (bundle.has_graph(graph, "fp32") ? "; bf16 runs the fp32 graph with the bf16 hint" : "") + ")");
   }
-  return {precision, "f32"};
+  return {precision, "f32", ""};
 }
 
 namespace {
@@ -44,11 +45,18 @@ namespace {
 ov::CompiledModel compile(const Bundle& bundle, const std::string& graph, const EncoderOptions& options, PrecisionPlan& plan) {
   ov::Core& core = shared_core();
   plan = plan_precision(bundle, graph, options.precision, core, options.device);
-  const std::string path = bundle.graph_path(graph, plan.graph_precision);
+  const GraphEntry entry = bundle.graph(graph, plan.graph_precision);
+  std::string weights;
+  if (!entry.openvino_ir_file.empty()) {
+    std::tie(plan.model_file, weights) = bundle.openvino_ir_paths(graph, plan.graph_precision);
+  } else {
+    plan.model_file = bundle.graph_path(graph, plan.graph_precision);
+  }
+  const std::string& path = plan.model_file;
   ov::AnyMap config{{ov::hint::inference_precision.name(), plan.hint == "bf16" ? ov::element::bf16 : ov::element::f32}};
   if (options.threads > 0) config[ov::inference_num_threads.name()] = options.threads;
   try {
-    std::shared_ptr<ov::Model> model = core.read_model(path);
+    std::shared_ptr<ov::Model> model = weights.empty() ? core.read_model(path) : core.read_model(path, weights);
     return core.compile_model(model, options.device, config);
   } catch (const ov::Exception& exc) {
     std::string what = exc.what();

@@ -51,14 +51,17 @@ std::string fmt(double v) {
 }  // namespace
 
 json ParityReport::to_json() const {
-  return {{"precision", precision}, {"passed", passed()}, {"thresholds", thresholds}, {"figures", figures},
+  return {{"precision", precision}, {"passed", passed()}, {"text_model", text_model}, {"video_model", video_model},
+          {"thresholds", thresholds}, {"figures", figures},
           {"failures", failures}, {"notes", notes}};
 }
 
-json parity_thresholds(const Bundle& bundle, const std::string& precision) {
+json parity_thresholds(const Bundle& bundle, const std::string& precision, bool openvino_ir) {
   const auto& m = bundle.manifest();
-  if (m.contains("parity") && m["parity"].contains(precision) && m["parity"][precision].contains("thresholds"))
-    return m["parity"][precision]["thresholds"];
+  for (const std::string& key : {openvino_ir ? precision + "_openvino" : precision, precision})
+    if (m.contains("parity") && m["parity"].contains(key) && m["parity"][key].is_object() &&
+        m["parity"][key].contains("thresholds"))
+      return m["parity"][key]["thresholds"];
   if (precision == "fp32")
     return {{"cosine_min", 0.99999}, {"max_abs_err", 1e-4}, {"selection_agreement", 1.0},
             {"similarity_max_abs_err", 1e-3}, {"ranking_identical", 1.0}};
@@ -71,7 +74,6 @@ json parity_thresholds(const Bundle& bundle, const std::string& precision) {
 ParityReport run_parity(const Bundle& bundle, const EncoderOptions& options) {
   ParityReport report;
   report.precision = options.precision;
-  report.thresholds = parity_thresholds(bundle, options.precision);
   const auto ref = bundle.reference({"input_ids", "frames", "frame_mask", "text_embeds", "frame_embeds"});
   const auto& frames = ref.at("frames");
   const auto& ids = ref.at("input_ids");
@@ -80,6 +82,10 @@ ParityReport run_parity(const Bundle& bundle, const EncoderOptions& options) {
 
   TextEncoder text(bundle, options);
   VideoEncoder video(bundle, options);
+  report.text_model = text.plan().model_file;
+  report.video_model = video.plan().model_file;
+  const bool ir = report.video_model.size() > 4 && report.video_model.substr(report.video_model.size() - 4) == ".xml";
+  report.thresholds = parity_thresholds(bundle, options.precision, ir);
   const auto ids64 = ids.to_int64(where + ":input_ids");
   const auto frames32 = frames.to_float32(where + ":frames");
   const auto mask64 = ref.at("frame_mask").to_int64(where + ":frame_mask");

@@ -103,7 +103,8 @@ int cmd_parity(const Args& args) {
   out["backend"] = "openvino-cpp " + std::string(ov::get_openvino_version().buildNumber);
   out["seconds"] = seconds_since(t0);
   std::cout << "parity " << bundle.path() << " (" << report.precision << ", OpenVINO C++): "
-            << (report.passed() ? "PASS" : "FAIL") << "\n";
+            << (report.passed() ? "PASS" : "FAIL") << "\n  graphs: " << report.text_model << ", " << report.video_model
+            << "\n";
   for (const auto& [output, figures] : report.figures.items())
     for (const auto& [name, value] : figures.items()) {
       char line[160];

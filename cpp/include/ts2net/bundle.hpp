@@ -38,6 +38,10 @@ struct GraphEntry {
   std::string file;
   std::string sha256;
   std::string external_data_file;  // empty when the weights are inside the .onnx
+  // The same graph as an OpenVINO IR (model .xml + weights .bin), when the export made one (INT8
+  // graphs quantized by NNCF); OpenVINO consumers prefer it. Empty otherwise.
+  std::string openvino_ir_file;
+  std::string openvino_ir_weights_file;
   std::vector<TensorSpec> inputs;
   std::vector<TensorSpec> outputs;
 };
@@ -79,8 +83,10 @@ class Bundle {
   std::vector<std::string> precisions(const std::string& graph) const;
   bool has_graph(const std::string& graph, const std::string& precision) const;
   GraphEntry graph(const std::string& graph, const std::string& precision) const;
-  // Verified path of a graph file (its external data file is verified too).
+  // Verified path of a graph's ONNX file (its external data file is verified too).
   std::string graph_path(const std::string& graph, const std::string& precision) const;
+  // Verified (model .xml, weights .bin) of a graph's OpenVINO IR; Error when it has none.
+  std::pair<std::string, std::string> openvino_ir_paths(const std::string& graph, const std::string& precision) const;
 
   // Every file the manifest lists: file name -> where in the manifest it is listed.
   std::map<std::string, std::string> listed_files() const;

@@ -1,6 +1,7 @@
 // Text and video encoders over OpenVINO's C++ API, for the precisions a bundle carries.
 //
 // Precision names: any graph precision the manifest lists (fp32, fp16, int8, ...) runs that graph
+// (its OpenVINO IR form when the manifest lists one, else the ONNX file)
 // with INFERENCE_PRECISION_HINT f32 (OpenVINO's CPU plugin would otherwise compute in bf16 on
 // AMX machines, which is not what "fp32" promises); "bf16" runs the fp32 graph with the bf16 hint,
 // only where the device reports BF16 in OPTIMIZATION_CAPABILITIES (else an Error says so).
@@ -30,6 +31,7 @@ struct EncoderOptions {
 struct PrecisionPlan {
   std::string graph_precision;  // manifest key of the graph to load
   std::string hint;             // "f32" | "bf16"
+  std::string model_file;       // the file OpenVINO reads: the OpenVINO IR .xml when the entry has one, else the .onnx
 };
 PrecisionPlan plan_precision(const Bundle& bundle, const std::string& graph, const std::string& precision,
                              ov::Core& core, const std::string& device);

@@ -14,6 +14,7 @@ namespace ts2net {
 
 struct ParityReport {
   std::string precision;
+  std::string text_model, video_model;  // the files OpenVINO ran
   nlohmann::json thresholds;
   nlohmann::json figures;
   std::vector<std::string> failures;
@@ -22,9 +23,10 @@ struct ParityReport {
   nlohmann::json to_json() const;
 };
 
-// Thresholds for a precision row: the manifest's parity.<precision>.thresholds when the export
-// recorded them, else the design's table (fp32 row for fp32; the bf16/int8 row otherwise).
-nlohmann::json parity_thresholds(const Bundle& bundle, const std::string& precision);
+// Thresholds for a precision row: the manifest's parity.<key>.thresholds when the export recorded
+// them (key: the precision, or "<precision>_openvino" when the OpenVINO IR form runs), else the
+// design's table (fp32 row for fp32, fp16 row for fp16, the BF16/INT8 row otherwise).
+nlohmann::json parity_thresholds(const Bundle& bundle, const std::string& precision, bool openvino_ir = false);
 
 ParityReport run_parity(const Bundle& bundle, const EncoderOptions& options);
 
