@@ -276,6 +276,14 @@ def test_parity_of_every_graph_precision_the_bundle_lists(cpp_binaries, tiny_bun
         result, report = _parity(tiny_bundle, "--precision", precision)
         assert result.returncode == 0, result.stdout + result.stderr
         assert report["precision"] == precision
+        entry = manifest["graphs"]["video"][precision]
+        if "openvino_ir" in entry:  # the IR form is preferred, and the same OpenVINO gives the export's figures
+            assert report["video_model"].endswith(entry["openvino_ir"]["file"])
+            exported = manifest["parity"][f"{precision}_openvino"]["figures"]
+            for output in ("text_embeds", "frame_embeds"):
+                assert report["figures"][output]["cosine_min"] == pytest.approx(exported[output]["cosine_min"], abs=1e-6)
+        else:
+            assert report["video_model"].endswith(entry["file"])
 
 
 def test_parity_bf16_uses_the_hint_or_refuses_clearly(cpp_binaries, tiny_bundle):
