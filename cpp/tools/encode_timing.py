@@ -6,8 +6,8 @@
 Both sides decode sequentially (one thread) with the official 1 fps rule and encode FP32 in
 batches of the same size on all cores: Python with runtime.video.load_video and BundleEncoder
 (ONNX Runtime CPU), C++ with `ts2net-cpp encode` (FFmpeg + OpenVINO, INFERENCE_PRECISION_HINT
-f32; also bf16 where the CPU has it). The embeddings of the two are compared too (cosine per real
-frame). Writes encode-timing.json and encode-timing.md; the CPU model and the load average are
+f32; also int8 where the bundle has INT8 graphs and bf16 where the CPU has it). The embeddings of
+the two are compared too (cosine per real frame). Writes encode-timing.json and encode-timing.md; the CPU model and the load average are
 recorded, since these machines are shared.
 """
 from __future__ import annotations
@@ -116,6 +116,9 @@ def main(argv=None) -> int:
         if not np.array_equal(py_mask, cpp_mask):
             raise SystemExit("C++ and Python frame masks differ on the same videos")
         rows["cpp-fp32"]["min_cosine_vs_python"] = min_cosine(cpp_embeds, py_embeds, py_mask)
+        if "int8" in open_bundle(args.bundle).manifest["graphs"]["video"]:
+            rows["cpp-int8"], i8_embeds, _ = cpp_timing(args.cli, args.bundle, paths, args.batch, "int8", Path(tmp))
+            rows["cpp-int8"]["min_cosine_vs_python"] = min_cosine(i8_embeds, py_embeds, py_mask)
         if bf16_available():
             rows["cpp-bf16"], bf_embeds, _ = cpp_timing(args.cli, args.bundle, paths, args.batch, "bf16", Path(tmp))
             rows["cpp-bf16"]["min_cosine_vs_python"] = min_cosine(bf_embeds, py_embeds, py_mask)
