@@ -1,6 +1,6 @@
 # ts2net-deploy: the user's entry points. Every target installs what it needs (make setup).
 PYTHON ?= python3
-TS2NET  = $(PYTHON) -m runtime.cli
+TS2NET  = $(PYTHON) -m cli
 STAMP   = .cache/setup.stamp
 
 # make export [CKPT=path] [CLIP=path] [BPE=path] [OUT=bundles/default] [MAX_FRAMES=] [MAX_WORDS=] [FRAME_MASK=]
@@ -64,17 +64,17 @@ bench: setup
 # The whole product on the embedded default model: benchmark test split (generated if absent),
 # export + validation, runtime parity (FP32 and FP16 graphs), evaluation, latency, one summary.
 demo: setup cpp-build
-	$(PYTHON) -m ts2net.synthbench --out $(DATA) --splits test --test 1000
+	$(TS2NET) synthbench --out $(DATA) --splits test --test 1000
 	$(TS2NET) export --out $(DEMO_BUNDLE)
 	$(TS2NET) parity --bundle $(DEMO_BUNDLE) --backend ort-cpu --precision fp32 --out $(DEMO_REPORTS)/parity-fp32
 	$(TS2NET) parity --bundle $(DEMO_BUNDLE) --backend ort-cpu --precision fp16 --out $(DEMO_REPORTS)/parity-fp16
 	@mkdir -p $(DEMO_REPORTS)/cpp
 	$(CPP_BUILD)/ts2net-cpp parity $(DEMO_BUNDLE) --json $(DEMO_REPORTS)/cpp/parity-fp32.json
-	$(PYTHON) cpp/tools/encode_timing.py --bundle $(DEMO_BUNDLE) --annotations $(DATA)/test.csv \
-		--videos $(DATA)/videos --first 100 --out $(DEMO_REPORTS)/cpp
+	$(TS2NET) cpp-bench --bundle $(DEMO_BUNDLE) --csv $(DATA)/test.csv --videos $(DATA)/videos --first 100 \
+		--cli $(CPP_BUILD)/ts2net-cpp --out $(DEMO_REPORTS)/cpp
 	$(TS2NET) eval --bundle $(DEMO_BUNDLE) --csv $(DATA)/test.csv --videos $(DATA)/videos --out $(DEMO_REPORTS)/eval
 	$(TS2NET) bench --bundle $(DEMO_BUNDLE) --batch-sizes 1,8 --out $(DEMO_REPORTS)/bench
-	$(PYTHON) -m runtime.summary --bundle $(DEMO_BUNDLE) --reports $(DEMO_REPORTS) --ablations ts2net/demo/ablations.json
+	$(TS2NET) summary --bundle $(DEMO_BUNDLE) --reports $(DEMO_REPORTS) --ablations ts2net/demo/ablations.json
 
 # Reproduce the shipped demo model and its ablations (same data, seed and budget for each variant).
 DEMO_EPOCHS ?= 10
@@ -94,7 +94,7 @@ ABLATION_NAME_selection = +selection
 VARIANTS = full baseline shift selection
 
 runs/%/model.safetensors:
-	$(PYTHON) -m ts2net.train $(TRAIN_ARGS) --out runs/$* $(SET_$*)
+	$(TS2NET) train $(TRAIN_ARGS) --out runs/$* $(SET_$*)
 
 reports/ablations/%/done: runs/%/model.safetensors
 	$(TS2NET) export --checkpoint runs/$* --out bundles/ablation-$*
@@ -103,13 +103,13 @@ reports/ablations/%/done: runs/%/model.safetensors
 	touch $@
 
 train-demo: data $(foreach v,$(VARIANTS),reports/ablations/$(v)/done)
-	$(PYTHON) -m runtime.summary collect-ablations --out ts2net/demo/ablations.json \
+	$(TS2NET) summary collect-ablations --out ts2net/demo/ablations.json \
 		$(foreach v,$(VARIANTS),"$(ABLATION_NAME_$(v))=$$(ls -t reports/ablations/$(v)/eval-*.json | head -1),runs/$(v)/train_summary.json")
 	mkdir -p ts2net/demo && cp runs/full/model.safetensors runs/full/config.json runs/full/tokenizer.json ts2net/demo/
 
 # Benchmark data: test split (1k-A style) + train/val splits for training the demo model.
 data: setup
-	$(PYTHON) -m ts2net.synthbench --out $(DATA) --train 3000 --val 200 --test 1000
+	$(TS2NET) synthbench --out $(DATA) --train 3000 --val 200 --test 1000
 
 clean:
 	rm -rf bundles .cache .pytest_cache

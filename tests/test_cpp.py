@@ -32,8 +32,7 @@ from runtime import similarity
 from runtime.bundle import open_bundle
 from runtime.encoder import BundleEncoder
 from runtime.video import CLIP_MEAN, CLIP_STD, load_video, preprocess_frame
-from test_eval import shared_bundle, shared_videos
-from test_video import H264, MPEG4, write_video
+from test_video import H264, MPEG4, write_spec_video
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "cpp" / "build"
@@ -78,14 +77,15 @@ def run_cli(*args, check: bool = True) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="session")
-def tiny_bundle(tmp_path_factory) -> Path:
-    return shared_bundle(tmp_path_factory)
+def tiny_bundle(bundle_dir) -> Path:
+    """The session's tiny bundle (conftest; shared: tests that alter a bundle work on a copy)."""
+    return bundle_dir
 
 
 @pytest.fixture(scope="session")
 def demo_bundle(tmp_path_factory) -> Path:
     """The shipped demo model exported in this session (image size 64, 4 vision layers)."""
-    from export.bundle import DEFAULT_MODEL_DIR, export_bundle
+    from export.exporter import DEFAULT_MODEL_DIR, export_bundle
 
     if not (DEFAULT_MODEL_DIR / "model.safetensors").is_file():
         pytest.skip(f"demo weights not found at {DEFAULT_MODEL_DIR}")
@@ -158,7 +158,7 @@ def frame_videos(tmp_path_factory) -> dict[str, Path]:
     for name, (n, rate, w, h, codec) in FRAME_CASES.items():
         if codec is None:
             continue
-        out[name] = write_video(root / f"{name}.mp4", n, rate, w, h, codec, bt709="bt709" in name)
+        out[name] = write_spec_video(root / f"{name}.mp4", n, rate, w, h, codec, bt709="bt709" in name)
     return out
 
 
@@ -215,7 +215,7 @@ def test_frames_refuses_a_cleanly_cut_file_and_a_still_image(cpp_binaries, tiny_
     """A faststart MP4 cut at a packet boundary decodes without error: only the stated count tells."""
     import av
 
-    whole = _faststart_copy(write_video(tmp_path / "whole.mp4", 60, 25, 160, 120, MPEG4), tmp_path / "fast.mp4")
+    whole = _faststart_copy(write_spec_video(tmp_path / "whole.mp4", 60, 25, 160, 120, MPEG4), tmp_path / "fast.mp4")
     with av.open(str(whole)) as container:
         ends = sorted(p.pos + p.size for p in container.demux(container.streams.video[0]) if p.pos is not None)
     cut = tmp_path / "cut.mp4"
@@ -234,7 +234,7 @@ def _bad_videos(folder: Path) -> dict[str, Path]:
     empty.write_bytes(b"")
     corrupt = folder / "corrupt.mp4"
     corrupt.write_bytes(np.random.default_rng(1).integers(0, 256, 5000, dtype=np.uint8).tobytes())
-    whole = write_video(folder / "whole.mp4", 60, 25, 160, 120, H264 or MPEG4)
+    whole = write_spec_video(folder / "whole.mp4", 60, 25, 160, 120, H264 or MPEG4)
     truncated = folder / "truncated.mp4"
     data = _faststart_copy(whole, folder / "faststart.mp4").read_bytes()  # opens; the cut lands in the frames
     truncated.write_bytes(data[: len(data) // 2])
@@ -367,8 +367,8 @@ def test_parity_fails_when_the_reference_disagrees(cpp_binaries, bundle_copy):
 # --------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def encode_videos(tmp_path_factory, frame_videos) -> list[Path]:
-    clips = sorted(shared_videos(tmp_path_factory).glob("*.mp4"))
+def encode_videos(colour_clips, frame_videos) -> list[Path]:
+    clips = sorted(colour_clips.glob("*.mp4"))
     return clips + [frame_videos[n] for n in ("h264_25fps_352x288", "mpeg4_24fps_320x240") if n in frame_videos]
 
 
@@ -398,7 +398,7 @@ def test_encode_matches_the_python_runtime(cpp_binaries, request, encode_videos,
 
 
 def test_rank_matches_the_python_similarity(cpp_binaries, tiny_bundle, encode_videos, tmp_path):
-    from test_eval import caption
+    from retrieval_data import caption
 
     out = tmp_path / "encoded"
     run_cli("encode", tiny_bundle, out, *encode_videos)
@@ -527,3 +527,29 @@ def test_installed_package_builds_a_consumer_with_find_package(cpp_binaries, tmp
     assert build.returncode == 0, build.stdout + build.stderr
     usage = subprocess.run([str(project / "build" / "app")], capture_output=True, text=True)
     assert usage.returncode == 2 and "usage" in usage.stderr
+
+
+def test_cpp_bench_reports_both_runtimes_on_the_same_files(cpp_binaries, tiny_bundle, colour_clips, tmp_path):
+    """`ts2net cpp-bench`: per-video decode and encode times of both sides, and their embeddings agree."""
+    from click.testing import CliRunner
+
+    from cli.main import main
+    from retrieval_data import write_1ka_csv
+
+    csv_path = write_1ka_csv(tmp_path / "test.csv")
+    out = tmp_path / "report"
+    result = CliRunner().invoke(main, ["cpp-bench", "--bundle", str(tiny_bundle), "--csv", str(csv_path), "--videos",
+                                       str(colour_clips), "--first", "4", "--batch", "3", "--cli", str(CLI),
+                                       "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "encode-timing.json").read_text())
+    assert report["videos"] == 4 and report["environment"]["cpu"]["model"]
+    rows = report["rows"]
+    assert {"python", "cpp-fp32"} <= rows.keys()
+    for row in rows.values():
+        assert row["decode_preprocess_ms_per_video"] > 0 and row["encode_ms_per_video"] > 0
+    assert rows["cpp-fp32"]["min_cosine_vs_python"] >= 0.99999
+    assert "| openvino-cpp fp32 |" in (out / "encode-timing.md").read_text()
+    missing = CliRunner().invoke(main, ["cpp-bench", "--bundle", str(tiny_bundle), "--csv", str(csv_path), "--videos",
+                                        str(colour_clips), "--cli", str(tmp_path / "nope"), "--out", str(out)])
+    assert missing.exit_code == 1 and "is not built; run `make cpp`" in missing.output

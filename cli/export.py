@@ -1,13 +1,19 @@
-"""`ts2net export` and `ts2net engine` (click), thin wrappers over export.bundle / export.engine."""
+"""`ts2net export` and `ts2net engine` (click), thin wrappers over export.exporter / export.engine."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import click
 
-FRAME_MASK_CHOICE = click.Choice(["official", "fixed"])
+from cli.errors import CannotRun, CommandError
+# imported here, not in the commands: without torch the import fails while `ts2net` loads the
+# command, which then says to install the export extra (cli/main.py)
+from export.engine import EngineBuildError, build_engines, parse_batch_profiles
+from export.exporter import ExportValidationError, export_bundle
+from runtime.bundle_format import FRAME_MASK_MODES
+
+FRAME_MASK_CHOICE = click.Choice(list(FRAME_MASK_MODES))
 
 
 @click.command("export")
@@ -26,15 +32,11 @@ FRAME_MASK_CHOICE = click.Choice(["official", "fixed"])
 @click.option("--opset", type=click.IntRange(17, 20), default=17, show_default=True)
 def export_command(checkpoint, clip, bpe, out, max_frames, max_words, frame_mask_mode, opset):
     """Export a checkpoint to a validated bundle."""
-    from .bundle import ExportValidationError, export_bundle
-
     try:
         result = export_bundle(out, checkpoint=checkpoint, clip=clip, bpe=bpe, opset=opset, max_frames=max_frames,
                                max_words=max_words, frame_mask_mode=frame_mask_mode)
-    except ExportValidationError as exc:
-        raise click.ClickException(str(exc))
-    except (ValueError, FileNotFoundError) as exc:
-        raise click.ClickException(str(exc))
+    except (ExportValidationError, ValueError, FileNotFoundError) as exc:
+        raise CommandError(str(exc)) from exc
     for precision, parity in result.parity.items():
         fig = parity.figures
         click.echo(f"{precision}: {'PASS' if parity.passed else 'FAIL'}  text cos min "
@@ -53,13 +55,10 @@ def export_command(checkpoint, clip, bpe, out, max_frames, max_words, frame_mask
 @click.option("--opt-level", "optimization_level", type=click.IntRange(0, 5), help="Builder optimization level.")
 def engine_command(bundle, batch_specs, workspace_mb, timing_cache, optimization_level):
     """Build strongly typed TensorRT engines from the bundle's FP16 graphs."""
-    from .engine import EngineBuildError, build_engines, parse_batch_profiles
-
     try:
         profiles = parse_batch_profiles(batch_specs)
         entries = build_engines(bundle, profiles, workspace_mb, timing_cache, optimization_level)
     except (EngineBuildError, ValueError, FileNotFoundError) as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(2)
+        raise CannotRun(str(exc)) from exc
     click.echo(json.dumps({g: {k: e[k] for k in ("file", "tensorrt_version", "gpu", "profile")}
                            for g, e in entries.items()}, indent=2))
