@@ -30,7 +30,7 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
-	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e ".[export,dev]"
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e ".[export,openvino,dev]"
 	@mkdir -p $(dir $(STAMP)) && touch $(STAMP)
 
 test: setup cpp-build
