@@ -202,9 +202,12 @@ VideoInfo VideoReader::probe(const std::string& path) const {
   return info_of(*c, path);
 }
 
-std::vector<std::pair<int64_t, RgbImage>> VideoReader::decode(const std::string& path, const std::set<int64_t>& wanted,
-                                                              int64_t& count) const {
-  auto c = open_container(path);
+namespace {
+
+// One sequential pass over an open container (its first packets were read by
+// avformat_find_stream_info and are returned again by av_read_frame).
+std::vector<std::pair<int64_t, RgbImage>> decode_open(Container* c, const std::string& path,
+                                                      const std::set<int64_t>& wanted, int64_t& count) {
   AVStream* s = c->fmt->streams[c->stream];
   const AVCodec* codec = avcodec_find_decoder(s->codecpar->codec_id);
   if (!codec) throw VideoDecodeError(path, "no decoder for codec '" + info_of(*c, path).codec + "' in this FFmpeg build");
@@ -254,14 +257,24 @@ std::vector<std::pair<int64_t, RgbImage>> VideoReader::decode(const std::string&
   return kept;
 }
 
+}  // namespace
+
+std::vector<std::pair<int64_t, RgbImage>> VideoReader::decode(const std::string& path, const std::set<int64_t>& wanted,
+                                                              int64_t& count) const {
+  auto c = open_container(path);
+  return decode_open(c.get(), path, wanted, count);
+}
+
 Clip VideoReader::load(const std::string& path) const {
   const int T = pre_.max_frames, S = pre_.image_size;
   if (T < 1 || S < 1) throw Error("max_frames and image_size must be >= 1");
-  const VideoInfo info = probe(path);
+  auto container = open_container(path);  // probed and decoded through one open
+  const VideoInfo info = info_of(*container, path);
   if (int64_t(info.fps) < 1) throw VideoDecodeError(path, "frame rate " + std::to_string(info.fps) + " is below 1 fps (int(fps) == 0)");
   const auto predicted = sample_frame_numbers(info.frame_count, info.fps, T);
   int64_t count = 0;
-  auto kept = decode(path, std::set<int64_t>(predicted.begin(), predicted.end()), count);
+  auto kept = decode_open(container.get(), path, std::set<int64_t>(predicted.begin(), predicted.end()), count);
+  container.reset();
   if (count == 0) throw VideoDecodeError(path, "no decodable frames");
   check_frame_count(info, count);
   const auto chosen = sample_frame_numbers(count, info.fps, T);
