@@ -343,6 +343,20 @@ def test_parity_refuses_a_missing_file_and_a_bad_manifest(cpp_binaries, bundle_c
     assert "format_version: 2 is not supported" in result.stderr and "similarity.logit_scale: missing" in result.stderr
 
 
+def test_parity_refuses_a_compressed_reference_archive(cpp_binaries, bundle_copy):
+    """The C++ .npz reader reads stored members only; a deflated one is refused by name, never misread."""
+    from runtime.files import sha256_file
+
+    with np.load(bundle_copy / "reference.npz", allow_pickle=False) as data:
+        arrays = {name: data[name] for name in data.files}
+    np.savez_compressed(bundle_copy / "reference.npz", **arrays)
+    manifest = json.loads((bundle_copy / "manifest.json").read_text())
+    manifest["reference"]["sha256"] = sha256_file(bundle_copy / "reference.npz")
+    (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
+    result, _ = _parity(bundle_copy)
+    assert result.returncode == 2 and "is compressed" in result.stderr and "reference.npz" in result.stderr
+
+
 def test_parity_fails_when_the_reference_disagrees(cpp_binaries, bundle_copy):
     """Exit 1 with every failing figure when the outputs do not match (here: altered reference outputs)."""
     from runtime.files import npz_bytes, sha256_file

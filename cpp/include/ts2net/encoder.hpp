@@ -5,7 +5,8 @@
 // with INFERENCE_PRECISION_HINT f32 (OpenVINO's CPU plugin would otherwise compute in bf16 on
 // AMX machines, which is not what "fp32" promises); "bf16" runs the fp32 graph with the bf16 hint,
 // only where the device reports BF16 in OPTIMIZATION_CAPABILITIES (else an Error says so).
-// The batch axis is dynamic: any batch size runs on the same compiled model.
+// The batch axis is dynamic: any batch size runs on the same compiled model. One encoder holds one
+// infer request: call encode from one thread at a time (make one encoder per thread otherwise).
 #pragma once
 
 #include <cstdint>
