@@ -514,11 +514,13 @@ def test_example_ranks_like_the_cli(cpp_binaries, tiny_bundle, encode_videos, tm
     assert positions == sorted(positions), (line, order)
 
 
-def test_cli_usage_errors_exit_2(cpp_binaries, tiny_bundle):
-    for args in ([], ["nonsense"], ["parity"], ["encode", tiny_bundle, "out", "--batch", "0", "x.mp4"],
+def test_cli_usage_errors_exit_2(cpp_binaries, tiny_bundle, tmp_path):
+    out = tmp_path / "out"
+    for args in ([], ["nonsense"], ["parity"], ["encode", tiny_bundle, out, "--batch", "0", "x.mp4"],
                  ["parity", tiny_bundle, "--bogus", "1"]):
         result = run_cli(*args, check=False)
         assert result.returncode == 2, args
+    assert not out.exists()  # options are checked before anything is created
 
 
 def test_installed_package_builds_a_consumer_with_find_package(cpp_binaries, tmp_path):

@@ -153,6 +153,9 @@ int cmd_encode(const Args& args) {
   if (args.flag("--list")) for (auto& v : read_list(args.get("--list", ""))) videos.push_back(v);
   if (videos.empty()) throw UsageError("encode: no videos given (VIDEO... or --list FILE)");
   const std::string out_dir = args.positional[1];
+  const int batch = args.get_int("--batch", 8, 1);
+  const int decode_threads = args.get_int("--decode-threads", 1, 1);
+  Bundle bundle = Bundle::open(args.positional[0]);
   if (!is_dir(out_dir) && ::mkdir(out_dir.c_str(), 0777) != 0)
     throw Error(out_dir + ": cannot create the output folder: " + std::strerror(errno));
   // One writer per output folder: a second encode into it fails instead of mixing the files.
@@ -162,9 +165,6 @@ int cmd_encode(const Args& args) {
     throw Error(out_dir + ": another ts2net-cpp encode is writing this folder (lock " + lock_path +
                 "); wait for it or choose another OUT_DIR");
   const bool skip_bad = args.flag("--skip-bad");
-  const int batch = args.get_int("--batch", 8, 1);
-  const int decode_threads = args.get_int("--decode-threads", 1, 1);
-  Bundle bundle = Bundle::open(args.positional[0]);
   const auto t_load = std::chrono::steady_clock::now();
   VideoEncoder encoder(bundle, encoder_options(args));
   const double load_seconds = seconds_since(t_load);
