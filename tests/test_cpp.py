@@ -31,7 +31,7 @@ from PIL import Image
 from runtime import similarity
 from runtime.bundle import open_bundle
 from runtime.encoder import BundleEncoder
-from runtime.video import CLIP_MEAN, CLIP_STD, load_video, preprocess_frame
+from runtime.video import CLIP_MEAN, CLIP_STD, VideoDecodeError, load_video, preprocess_frame
 from test_video import H264, MPEG4, write_spec_video
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -220,12 +220,16 @@ def test_frames_refuses_a_cleanly_cut_file_and_a_still_image(cpp_binaries, tiny_
         ends = sorted(p.pos + p.size for p in container.demux(container.streams.video[0]) if p.pos is not None)
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(whole.read_bytes()[: ends[len(ends) // 2]])
-    result = run_cli("frames", tiny_bundle, cut, tmp_path / "out.npy", check=False)
-    assert result.returncode == 2 and "the container states 60 frames but only" in result.stderr, result.stderr
     still = tmp_path / "photo.mp4"
     Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(still, format="PNG")
-    result = run_cli("frames", tiny_bundle, still, tmp_path / "out.npy", check=False)
-    assert result.returncode == 2 and "a still image (png)" in result.stderr, result.stderr
+    for path in (cut, still):
+        with pytest.raises(VideoDecodeError) as python_error:
+            load_video(path)
+        result = run_cli("frames", tiny_bundle, path, tmp_path / "out.npy", check=False)
+        assert result.returncode == 2, result
+        # the same reason, word for word, as the Python runtime's
+        assert result.stderr.strip().endswith(python_error.value.reason), (result.stderr, python_error.value.reason)
+        assert ("the container states 60 frames but only" if path == cut else "a still image (png)") in result.stderr
 
 
 def _bad_videos(folder: Path) -> dict[str, Path]:
