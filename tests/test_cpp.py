@@ -403,6 +403,10 @@ def test_encode_matches_the_python_runtime(cpp_binaries, request, encode_videos,
     listing = json.loads((out / "videos.json").read_text())
     assert listing["videos"] == [str(p) for p in encode_videos] and listing["skipped"] == []
     assert listing["precision"] == "fp32" and listing["inference_precision_hint"] == "f32"
+    from runtime.video import PREPROCESSING_RULES_VERSION
+
+    assert listing["preprocessing"]["rules"] == PREPROCESSING_RULES_VERSION  # the same rules, the same number
+    assert listing["preprocessing"]["ffmpeg"].startswith("libavcodec=")
     embeds, mask = np.load(out / "frame_embeds.npy"), np.load(out / "frame_mask.npy")
     expected = _python_embeddings(bundle, encode_videos)
     assert mask.dtype == np.uint8 and np.array_equal(mask, expected.frame_mask)

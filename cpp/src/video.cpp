@@ -138,6 +138,15 @@ void check_frame_count(const VideoInfo& info, int64_t decoded) {
                                           " decode: the file is truncated or damaged (copy or download it again)");
 }
 
+std::string decoder_versions() {
+  auto v = [](unsigned x) {
+    return std::to_string(AV_VERSION_MAJOR(x)) + "." + std::to_string(AV_VERSION_MINOR(x)) + "." +
+           std::to_string(AV_VERSION_MICRO(x));
+  };
+  return "libavcodec=" + v(avcodec_version()) + ",libavformat=" + v(avformat_version()) +
+         ",libavutil=" + v(avutil_version()) + ",libswscale=" + v(swscale_version());
+}
+
 void set_decoder_log(bool enabled) { av_log_set_level(enabled ? AV_LOG_WARNING : AV_LOG_QUIET); }
 
 std::vector<int64_t> sample_frame_numbers(int64_t frame_count, double fps, int max_frames) {

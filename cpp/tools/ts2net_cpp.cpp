@@ -231,6 +231,7 @@ int cmd_encode(const Args& args) {
   json listing = {
       {"bundle", bundle.path()}, {"precision", encoder_options(args).precision}, {"graph", encoder.plan().graph_precision},
       {"inference_precision_hint", encoder.plan().hint}, {"videos", kept}, {"skipped", skipped},
+      {"preprocessing", {{"rules", kPreprocessingRulesVersion}, {"reader", "ts2net-cpp"}, {"ffmpeg", decoder_versions()}}},
       {"timing", {{"videos_encoded", N}, {"videos_given", videos.size()}, {"batch", batch},
                   {"decode_threads", decode_threads}, {"model_compile_seconds", load_seconds},
                   {"decode_preprocess_seconds", decode_seconds}, {"encode_seconds", encode_seconds},

@@ -53,6 +53,14 @@ struct Clip {
   std::vector<int64_t> frame_numbers;  // the decoded frame numbers kept, in order
 };
 
+// Version of the decode + transform rules this reader implements: the same number as the Python
+// runtime's PREPROCESSING_RULES_VERSION for the same rules (2: crop offset rounded half up).
+inline constexpr int kPreprocessingRulesVersion = 2;
+
+// "libavcodec=59.37.100,libavformat=...,libavutil=...,libswscale=..." of the FFmpeg this runs on,
+// recorded beside embeddings: another FFmpeg build can change decoded pixels.
+std::string decoder_versions();
+
 // FFmpeg's own log lines on stderr (off: the VideoDecodeError message already names the file and
 // the cause; on: FFmpeg's detail, for diagnosing a file). Process-wide, as FFmpeg's log level is.
 void set_decoder_log(bool enabled);
