@@ -40,12 +40,15 @@ def _click_errors(action):
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="Video decoding threads (0: decode in the main thread).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
+@click.option("--server", default=None, metavar="URL",
+              help="Encode through a Triton server (http://HOST:PORT or grpc://HOST:PORT) instead of --backend.")
 def index_command(bundle_dir, videos_dir, out, backend, precision, dtype, skip_bad, batch_size, cache_dir, no_cache,
-                  workers, no_progress):
+                  workers, no_progress, server):
     """Encode every video in a folder into a search index (resumable; unchanged videos are not re-encoded)."""
     meta = _click_errors(lambda: build_index(
         bundle_dir, videos_dir, out, backend=backend, precision=precision, skip_bad=skip_bad, batch_size=batch_size,
-        cache_dir=False if no_cache else cache_dir, dtype=dtype, progress=not no_progress, workers=workers))
+        cache_dir=False if no_cache else cache_dir, dtype=dtype, progress=not no_progress, workers=workers,
+        server=server))
     b = meta["build"]
     click.echo(f"indexed {meta['n_videos']} videos into {out} ({b['encoded']} encoded, {b['from_cache']} from the "
                f"cache, {b['reused_from_index']} reused from the index; {b['seconds']:.1f} s)")

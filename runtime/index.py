@@ -171,8 +171,12 @@ def build_index(
     progress: bool = True,
     chunk_size: Optional[int] = None,
     workers: int = 0,
+    server: Optional[str] = None,
 ) -> dict[str, Any]:
     """Encode every video of ``videos_dir`` into the index directory ``out``; returns index.json's dict.
+
+    ``server``: a Triton URL (``ts2net serve`` or a ``ts2net triton`` repository) that runs the
+    video graph instead of a local backend; the index then records backend ``triton``.
 
     ``cache_dir``: embedding cache root (``None`` = default location, ``False`` = no cache,
     which also means an interrupted build starts over). ``chunk_size``: videos encoded between
@@ -188,13 +192,13 @@ def build_index(
     try:
         with directory_lock(out, "ts2net index", LOCK_FILE):
             return _build_locked(bundle_dir, videos_dir, out, backend, precision, skip_bad, batch_size, cache_dir,
-                                 dtype, progress, chunk_size, workers, start)
+                                 dtype, progress, chunk_size, workers, start, server)
     except LockHeldError as exc:
         raise VideoIndexError(str(exc)) from exc
 
 
 def _build_locked(bundle_dir, videos_dir, out: Path, backend, precision, skip_bad, batch_size, cache_dir, dtype,
-                  progress, chunk_size, workers, start) -> dict[str, Any]:
+                  progress, chunk_size, workers, start, server) -> dict[str, Any]:
     """build_index's work, run while this process holds the index directory's lock."""
     from .backends import default_precision
     from .bundle import open_bundle
@@ -209,6 +213,8 @@ def _build_locked(bundle_dir, videos_dir, out: Path, backend, precision, skip_ba
         raise VideoIndexError(f"{videos_dir}: no video files (looked for {', '.join(datasets.VIDEO_EXTENSIONS)})"
                               + (f"; {len(unusable)} unusable entries skipped" if unusable else ""))
     bundle = open_bundle(bundle_dir)
+    if server:
+        backend = "triton"
     precision = precision or default_precision(bundle, backend)
     cache = None
     if cache_dir is not False:
@@ -216,7 +222,13 @@ def _build_locked(bundle_dir, videos_dir, out: Path, backend, precision, skip_ba
                                precision)
     known = _reusable_rows(out, bundle.content_id, backend, precision, dtype)
 
-    with BundleEncoder(bundle, backend=backend, precision=precision, batch_size=batch_size) as encoder:
+    if server:
+        from .triton.client import ServerEncoder
+
+        encoder = ServerEncoder(bundle, server, batch_size=batch_size)
+    else:
+        encoder = BundleEncoder(bundle, backend=backend, precision=precision, batch_size=batch_size)
+    with encoder:
         result = encode_videos_cached(encoder, list(files.values()), cache, skip_bad=skip_bad,
                                       chunk_size=chunk_size or max(2 * batch_size, 16), progress=progress,
                                       known=known, workers=workers)
@@ -245,6 +257,7 @@ def _build_locked(bundle_dir, videos_dir, out: Path, backend, precision, skip_ba
                    "max_words": bundle.max_words, "embed_dim": bundle.embed_dim},
         "backend": backend,
         "precision": precision,
+        "server": server,
         "dtype": dtype,
         "preprocessing": preprocessing_identity(),
         "similarity": bundle.similarity_args,
