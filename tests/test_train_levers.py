@@ -287,6 +287,16 @@ def test_run_with_every_lever_tracks_pairs_and_resumes_exactly(paired_bench, tmp
     changed = runner.invoke(train_command, _args(paired_bench, part, cache, "--resume", "--pair-repeats", "3"))
     assert changed.exit_code != 0 and "--pair-repeats" in changed.output
 
+    from ts2net.training.pair_tracking import compare_runs
+
+    table = compare_runs({"uninterrupted": out, "resumed": part}, tmp_path / "report")
+    assert table["uninterrupted"]["points"] == table["resumed"]["points"]
+    assert table["resumed"]["finished"] and table["resumed"]["steps_done"] == sum(steps)
+    assert [p["step"] for p in table["resumed"]["points"]] == [r["step"] for r in track]
+    assert table["resumed"]["points"][-1]["test"]["all"]["accuracy"] == track[-1]["test"]["all"]["accuracy"]
+    for f in ("comparison.json", "comparison.md", "comparison.png", "resumed/pair_tracking.jsonl"):
+        assert (tmp_path / "report" / f).stat().st_size > 0
+
 
 def test_bad_lever_values_are_one_line_errors(paired_bench, tmp_path):
     args = _args(paired_bench, tmp_path / "run", tmp_path / "cache")
@@ -296,3 +306,17 @@ def test_bad_lever_values_are_one_line_errors(paired_bench, tmp_path):
     args[args.index("--logit-scale") + 1] = "0:50"
     result = CliRunner().invoke(train_command, args)
     assert result.exit_code == 2 and "both ends must be in (0, 100]" in result.output
+
+
+def test_tracked_pairs_cover_every_change_type_within_the_limit():
+    from ts2net.training.frame_cache import CaptionedSplit
+    from ts2net.training.pair_tracking import select_pairs
+
+    kinds = ["motion of object 0: up vs down"] * 3 + ["motion of object 0: grow vs shrink"] + \
+        ["colour of object 1: red vs blue", "shape of object 0: star vs cross"]
+    ids = [f"video{i}" for i in range(12)]
+    partner = np.array([i + 1 if i % 2 == 0 else i - 1 for i in range(12)])
+    changes = {ids[2 * k + m]: kinds[k] for k in range(6) for m in (0, 1)}
+    split = CaptionedSplit("train", ids, {}, [], np.zeros(0, dtype=np.int64), np.zeros((0, 4), dtype=np.int64), partner)
+    assert select_pairs(split, changes, 4) == [(0, 1), (6, 7), (8, 9), (10, 11)]   # one of each type
+    assert select_pairs(split, changes, 100) == [(2 * k, 2 * k + 1) for k in range(6)]

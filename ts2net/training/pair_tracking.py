@@ -53,15 +53,32 @@ def change_type(pair_change: str) -> str:
                      f"(expected one of {', '.join(CHANGE_TYPES)})")
 
 
+def select_pairs(split: CaptionedSplit, pair_change: dict[str, str], max_pairs: int) -> list[tuple[int, int]]:
+    """Up to `max_pairs` hard pairs (a < b) of the split, round-robin over change types, each type in split order."""
+    by_type: dict[str, list[tuple[int, int]]] = {}
+    for i, j in enumerate(split.partner):
+        if 0 <= i < j:
+            vid = split.video_ids[i]
+            if vid not in pair_change:
+                raise ValueError(f"subsets.json: hard pair {vid} has no 'pair_change' entry (regenerate the benchmark)")
+            by_type.setdefault(change_type(pair_change[vid]), []).append((i, int(j)))
+    queues = [by_type[k] for k in CHANGE_TYPES if k in by_type]
+    chosen: list[tuple[int, int]] = []
+    for rank in range(max((len(q) for q in queues), default=0)):
+        chosen += [q[rank] for q in queues if rank < len(q)]
+    return sorted(chosen[:max_pairs])
+
+
 class TrackedPairs:
     """The hard pairs of one split to score: their clips, captions and change types.
 
-    At most `max_pairs` pairs, taken in split order (deterministic), so the cost of a tracking
-    step is bounded on a large split.
+    At most `max_pairs` pairs, so the cost of a tracking step is bounded on a large split, taken
+    round-robin over the change types in split order (deterministic): the generator lays all motion
+    pairs out first, and a plain prefix would track no small-object pair at all.
     """
 
     def __init__(self, split: CaptionedSplit, cache: FrameCache, pair_change: dict[str, str], max_pairs: int):
-        pairs = [(i, int(j)) for i, j in enumerate(split.partner) if 0 <= i < j][:max_pairs]
+        pairs = select_pairs(split, pair_change, max_pairs)
         if not pairs:
             raise ValueError(f"split {split.name!r} has no hard pairs to track")
         self.name = split.name
@@ -211,3 +228,127 @@ def trim_tracking(path: Path, step: int) -> None:
     kept = [r for r in read_tracking(path) if r["step"] <= step]
     if path.is_file():
         atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+# ---------------------------------------------------------------------------- comparing runs
+def compare_runs(runs: dict[str, Path], out: Path) -> dict[str, Any]:
+    """Side by side: each run's tracked pair accuracies (by split and change type), loss and caption
+    gap at every tracked step. Writes OUT/comparison.json, comparison.md and comparison.png and copies
+    each run's pair_tracking.jsonl / .png to OUT/NAME/ (the curves kept in reports/)."""
+    import shutil
+
+    out.mkdir(parents=True, exist_ok=True)
+    table: dict[str, Any] = {}
+    for name, run in runs.items():
+        records = read_tracking(run / TRACK_NAME)
+        if not records:
+            raise ValueError(f"{run / TRACK_NAME}: no tracking records (was the run started with --track-pairs-every?)")
+        log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines() if line.strip()]
+        losses = {r["step"]: r for r in log if "loss" in r}
+        summary_path = run / "train_summary.json"
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+        table[name] = {"run": str(run), "finished": summary is not None,
+                       "levers": summary.get("levers") if summary else None,
+                       "steps_done": max(losses) if losses else 0,
+                       "mean_step_s": float(np.mean([r["step_s"] for r in losses.values()])) if losses else None,
+                       "points": [{"step": r["step"],
+                                   "loss": losses.get(r["step"], {}).get("loss"),
+                                   "pair_loss": losses.get(r["step"], {}).get("pair_loss"),
+                                   **{s: {k: {"accuracy": v["accuracy"], "n_pairs": v["n_pairs"],
+                                              "caption_gap_median": v["caption_gap_median"]}
+                                          for k, v in r[s].items()}
+                                      for s in r if isinstance(r[s], dict) and "all" in r[s]}}
+                                  for r in records]}
+        target = out / name
+        target.mkdir(exist_ok=True)
+        for f in (TRACK_NAME, PLOT_NAME, "train_log.jsonl"):
+            if (run / f).is_file():
+                shutil.copyfile(run / f, target / f)
+    atomic_write_text(out / "comparison.json", json.dumps(table, indent=1) + "\n")
+    atomic_write_text(out / "comparison.md", _comparison_markdown(table))
+    _plot_comparison(table, out / "comparison.png")
+    return table
+
+
+def _comparison_markdown(table: dict[str, Any]) -> str:
+    lines = ["| run | step | loss | " + " | ".join(f"{s} {k}" for s in ("train", "test") for k in ("all",) + CHANGE_TYPES)
+             + " | train caption gap |", "|---" * (4 + 2 * (1 + len(CHANGE_TYPES))) + "|"]
+    for name, entry in table.items():
+        for p in entry["points"]:
+            cells = []
+            for s in ("train", "test"):
+                for k in ("all",) + CHANGE_TYPES:
+                    v = p.get(s, {}).get(k)
+                    cells.append(f"{v['accuracy']:.1f}" if v else "")
+            gap = p.get("train", {}).get("all", {}).get("caption_gap_median")
+            loss = p["loss"]
+            lines.append(f"| {name} | {p['step']} | {'' if loss is None else f'{loss:.3f}'} | " + " | ".join(cells)
+                         + f" | {'' if gap is None else f'{gap:.2e}'} |")
+    return "\n".join(lines) + "\n"
+
+
+def _plot_comparison(table: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("train", "all"), ("test", "translation"), ("test", "grow/shrink"), ("test", "shape")]
+    fig, axes = plt.subplots(1, len(panels) + 2, figsize=(4.2 * (len(panels) + 2), 3.6))
+    for i, (name, entry) in enumerate(table.items()):
+        steps = [p["step"] for p in entry["points"]]
+        for ax, (split, kind) in zip(axes, panels):
+            ax.plot(steps, [p.get(split, {}).get(kind, {}).get("accuracy", np.nan) for p in entry["points"]],
+                    marker=".", color=f"C{i}", label=name)
+        gaps = [p.get("train", {}).get("all", {}).get("caption_gap_median") for p in entry["points"]]
+        axes[-2].plot(steps, [np.nan if g is None else g for g in gaps], marker=".", color=f"C{i}", label=name)
+        log = [json.loads(line) for line in (Path(entry["run"]) / "train_log.jsonl").read_text().splitlines()
+               if line.strip() and "loss" in json.loads(line)]
+        if log:
+            axes[-1].plot([r["step"] for r in log], [r.get("clip_loss", r["loss"]) for r in log], color=f"C{i}",
+                          linewidth=0.8, label=name)
+    for ax, (split, kind) in zip(axes, panels):
+        n = next((p.get(split, {}).get(kind, {}).get("n_pairs") for e in table.values() for p in e["points"][-1:]), None)
+        ax.axhline(50, color="0.6", linestyle=":", linewidth=1)
+        ax.set_ylim(0, 101)
+        ax.set_title(f"{split} pairs: {kind} ({n} pairs)", fontsize=10)
+        ax.set_xlabel("step")
+        ax.set_ylabel("pair accuracy (%)")
+        ax.legend(fontsize=7)
+    axes[-2].set_yscale("log")
+    axes[-2].set_title("train pairs: median 1 - cos(captions)", fontsize=10)
+    axes[-2].set_xlabel("step")
+    axes[-1].axhline(np.log(2), color="0.6", linestyle=":", linewidth=1)
+    axes[-1].set_title("batch contrastive loss (ln 2 dotted)", fontsize=10)
+    axes[-1].set_xlabel("step")
+    axes[-1].set_yscale("log")
+    axes[-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """python -m ts2net.training.pair_tracking --out reports/demo-training NAME=RUN_DIR ..."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=compare_runs.__doc__.split("\n")[0])
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("runs", nargs="+", metavar="NAME=RUN_DIR")
+    args = parser.parse_args(argv)
+    runs = {}
+    for item in args.runs:
+        name, sep, run = item.partition("=")
+        if not sep:
+            parser.error(f"{item!r}: expected NAME=RUN_DIR")
+        runs[name] = Path(run)
+    try:
+        table = compare_runs(runs, args.out)
+    except (ValueError, FileNotFoundError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+    print((args.out / "comparison.md").read_text(), end="")
+    print(f"{len(table)} runs compared in {args.out}")
+
+
+if __name__ == "__main__":
+    main()
