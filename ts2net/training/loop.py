@@ -96,9 +96,10 @@ def _prepare_data(opts: TrainOptions, cfg: TS2NetConfig, tokenizer: ClipTokenize
                                  pair_repeats=opts.pair_repeats, pairs_only_epochs=opts.curriculum_pair_epochs)
     empty = [e + 1 for e in range(opts.epochs) if sampler.batches_in_epoch(e) == 0]
     if empty:
-        what = "the hard-pair clips of a curriculum epoch" if sampler.pairs_only(empty[0] - 1) else "training clips"
-        raise ValueError(f"{len(dataset)} training clips ({len(sampler.pairs)} hard pairs): {what} do not fill "
-                         f"one batch of {opts.batch_size} (epoch {empty[0]})")
+        where = (f" in curriculum epoch {empty[0]} (hard-pair clips only; lower --curriculum-pair-epochs)"
+                 if sampler.pairs_only(empty[0] - 1) else "")
+        raise ValueError(f"{len(dataset)} training clips ({len(sampler.pairs)} hard pairs) do not fill one batch "
+                         f"of {opts.batch_size}{where}")
     loader = DataLoader(_NumberedClips(dataset), batch_sampler=sampler, num_workers=opts.workers)
     tracker = _pair_tracker(opts, cfg, tokenizer, train_split, caches["train"], cache_root, info)
     return train_split, val_split, caches, dataset, sampler, loader, tracker
