@@ -168,12 +168,11 @@ def run_training(opts: TrainOptions, stop_after_epoch: int | None = None) -> dic
         embed = nn.parallel.DistributedDataParallel(embed, find_unused_parameters=not cfg.token_selection)
     start_epoch, step, wall_before, best, history = _restore(state, optimizer, scheduler, opts, info, log_path)
     if tracker is not None:
-        if state is None:
+        if state is None:  # a fresh run: the curves start at the initialisation
             tracker.path.unlink(missing_ok=True)
-        else:
+            _track(tracker, model, 0, 0)
+        else:  # a resumed run continues the interrupted one's curves (the same points as without the interruption)
             trim_tracking(tracker.path, step)
-        if tracker.last_step() != step:  # the starting point of the curves (step 0, or where a resume restarts)
-            _track(tracker, model, step, start_epoch)
     run = _RunContext(opts, info, log_path, tracker, train_split.partner, total_steps)
 
     lr, clip_scale = opts.learning_rates()

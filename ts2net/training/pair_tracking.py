@@ -156,10 +156,6 @@ class PairTracker:
         plot_tracking(read_tracking(self.path), self.plot_path)
         return record
 
-    def last_step(self) -> int | None:
-        records = read_tracking(self.path)
-        return records[-1]["step"] if records else None
-
 
 def read_tracking(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
