@@ -6,7 +6,7 @@ import json
 import click
 
 from cli.errors import CommandError
-from runtime.index import DTYPES, build_index, open_index, search_index
+from runtime.index import DTYPES, build_index, open_index, query_warning, search_index, shorten
 
 
 def _click_errors(action):
@@ -28,7 +28,8 @@ def _click_errors(action):
               help="Folder of video files; the file name without extension is the video id.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Index directory to write.")
 @click.option("--backend", default="ort-cpu", show_default=True, help="Inference backend (ort-cpu, ort-cuda, tensorrt).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default=None,
+              help="Graph precision for ONNX Runtime (default fp32); TensorRT runs its engine's precision.")
 @click.option("--dtype", type=click.Choice(DTYPES), default="float16", show_default=True,
               help="Storage type of frame embeddings (float16 halves the index; rankings barely move).")
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable videos (listed in index.json) instead of stopping.")
@@ -39,12 +40,15 @@ def _click_errors(action):
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="Video decoding threads (0: decode in the main thread).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
+@click.option("--server", default=None, metavar="URL",
+              help="Encode through a Triton server (http://HOST:PORT or grpc://HOST:PORT) instead of --backend.")
 def index_command(bundle_dir, videos_dir, out, backend, precision, dtype, skip_bad, batch_size, cache_dir, no_cache,
-                  workers, no_progress):
+                  workers, no_progress, server):
     """Encode every video in a folder into a search index (resumable; unchanged videos are not re-encoded)."""
     meta = _click_errors(lambda: build_index(
         bundle_dir, videos_dir, out, backend=backend, precision=precision, skip_bad=skip_bad, batch_size=batch_size,
-        cache_dir=False if no_cache else cache_dir, dtype=dtype, progress=not no_progress, workers=workers))
+        cache_dir=False if no_cache else cache_dir, dtype=dtype, progress=not no_progress, workers=workers,
+        server=server))
     b = meta["build"]
     click.echo(f"indexed {meta['n_videos']} videos into {out} ({b['encoded']} encoded, {b['from_cache']} from the "
                f"cache, {b['reused_from_index']} reused from the index; {b['seconds']:.1f} s)")
@@ -67,13 +71,16 @@ def search_command(index_dir, queries, k, bundle_dir, backend, as_json):
         return search_index(open_index(index_dir), list(queries), k, bundle_dir=bundle_dir, backend=backend)
 
     results = _click_errors(run)
+    for number, query in enumerate(queries, start=1):
+        if query_warning(query):
+            click.echo(f"warning: query {number}: {query_warning(query)}", err=True)
     if as_json:
-        click.echo(json.dumps(results, indent=1))  # always a list, one entry per query
+        click.echo(json.dumps(results, indent=1, allow_nan=False))  # always a list, one entry per query
         return
     for i, entry in enumerate(results):
         if i:
             click.echo("")
-        click.echo(f"query: {entry['query']}")
+        click.echo(f"query: {shorten(entry['query'])}")
         width = max(len(r["video_id"]) for r in entry["results"])
         for r in entry["results"]:
             click.echo(f"{r['rank']:>4}  {r['score']:9.4f}  {r['video_id']:<{width}}  {r['path']}")
