@@ -248,7 +248,8 @@ def compare_runs(runs: dict[str, Path], out: Path) -> dict[str, Any]:
                        "steps_done": max(losses) if losses else 0,
                        "mean_step_s": float(np.mean([r["step_s"] for r in losses.values()])) if losses else None,
                        "points": [{"step": r["step"],
-                                   "loss": losses.get(r["step"], {}).get("loss"),
+                                   # the batch contrastive loss (without the weighted pair term: comparable across runs)
+                                   "loss": losses.get(r["step"], {}).get("clip_loss", losses.get(r["step"], {}).get("loss")),
                                    "pair_loss": losses.get(r["step"], {}).get("pair_loss"),
                                    **{s: {k: {"accuracy": v["accuracy"], "n_pairs": v["n_pairs"],
                                               "caption_gap_median": v["caption_gap_median"]}
@@ -267,7 +268,7 @@ def compare_runs(runs: dict[str, Path], out: Path) -> dict[str, Any]:
 
 
 def _comparison_markdown(table: dict[str, Any]) -> str:
-    lines = ["| run | step | loss | " + " | ".join(f"{s} {k}" for s in ("train", "test") for k in ("all",) + CHANGE_TYPES)
+    lines = ["| run | step | batch loss | " + " | ".join(f"{s} {k}" for s in ("train", "test") for k in ("all",) + CHANGE_TYPES)
              + " | train caption gap |", "|---" * (4 + 2 * (1 + len(CHANGE_TYPES))) + "|"]
     for name, entry in table.items():
         for p in entry["points"]:
