@@ -14,11 +14,13 @@ Cache layout (one directory per split/size/max_frames)::
 A row is valid only when index.json lists it with the video file's current key (byte size and
 mtime): the index is replaced atomically (os.replace) only after the rows it describes are
 flushed, so an interrupted fill leaves a consistent cache and the next fill decodes only what is
-missing or changed. A video that fails to decode raises `VideoDecodeError` naming the file; it is
+missing or changed. Fillers of one cache take turns (an flock on .fill.lock), so runs started
+together on one dataset decode each clip once. A video that fails to decode raises `VideoDecodeError` naming the file; it is
 never stored as zeros (that would look like an empty clip and train on garbage).
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import time
@@ -37,7 +39,7 @@ from runtime.video import VideoDecodeError, load_video
 from runtime.files import atomic_write_text
 
 CACHE_VERSION = 1
-INDEX_NAME, FRAMES_NAME = "index.json", "frames.f16"
+INDEX_NAME, FRAMES_NAME, LOCK_NAME = "index.json", "frames.f16", ".fill.lock"
 _SAVE_EVERY_S = 10.0  # how often a long fill publishes its progress (bounded loss on interruption)
 
 
@@ -111,10 +113,23 @@ class FrameCache:
         for vid, path in videos.items():
             if not os.path.isfile(path):
                 raise VideoDecodeError(path, f"file not found (video {vid!r} of split {self.split!r})")
+        if not self.missing(videos):
+            return 0
+        self.dir.mkdir(parents=True, exist_ok=True)
+        # one filler at a time (e.g. `make -j2 train-demo` starts two runs on one cache): the second
+        # waits, then re-reads the index and decodes only what the first did not
+        with open(self.dir / LOCK_NAME, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                self._index = self._read_index()
+                return self._fill_locked(videos, workers, progress)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _fill_locked(self, videos: Mapping[str, str | os.PathLike], workers: int, progress: bool) -> int:
         todo = self.missing(videos)
         if not todo:
             return 0
-        self.dir.mkdir(parents=True, exist_ok=True)
         entries = self._index["videos"]
         rows = {}
         for vid in todo:
