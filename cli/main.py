@@ -25,6 +25,8 @@ COMMANDS = {
     "search": ("cli.index", "search_command", "Search an index with a text query."),
     "bench-search": ("cli.search", "bench_search_command",
                      "Search engines (scan, faiss, milvus) on synthetic collections: latency, recall, memory."),
+    "cpp-bench": ("cli.cpp_bench", "cpp_bench_command",
+                  "C++ (ts2net-cpp) vs Python decode + encode time per video on the same files."),
     "explain": ("cli.explain", "explain_command",
                 "Why a video matched a query: frame weights and selected patches (PNG + JSON)."),
     "summary": ("cli.summary", "summary_command", "The demo's one-page summary report (and the ablation table)."),
