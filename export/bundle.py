@@ -2,8 +2,10 @@
 
 Steps (each shown on a progress bar): load the model, write the tokenizer, export and check the
 FP32 text and video graphs, derive the FP16 graphs, compute reference outputs, validate every
-graph with ONNX Runtime against PyTorch, write the manifest. The bundle is marked valid only if
-the FP32 graphs meet the FP32 parity row; FP16 figures are measured and recorded either way.
+graph with ONNX Runtime against PyTorch, make the INT8 graphs (export/int8.py: calibrated on real
+frames and captions, gated on the reference inputs; a form that fails is not listed) and record
+the bf16 row (OpenVINO hint on the FP32 graphs), write the manifest. The bundle is marked valid
+only if the FP32 graphs meet the FP32 parity row; FP16 figures are measured and recorded either way.
 """
 from __future__ import annotations
 
@@ -137,14 +139,31 @@ def _graph_entry(bundle: Path, name: str, spec: GraphSpec, precision: str, model
     return entry
 
 
+def _int8_and_bf16(bundle: Path, manifest: dict[str, Any], ref: dict[str, np.ndarray], videos, captions,
+                   onnx_mode: str | None, progress: bool) -> None:
+    """INT8 graphs (entered in the manifest only if they pass the int8 gates) and the bf16 row's figures."""
+    from runtime.bundle import Bundle
+
+    from . import int8 as q
+
+    in_memory = Bundle(bundle, manifest)   # the manifest on disk stays "invalid" until the end
+    calibration = q.load_calibration(in_memory, videos, captions, progress=progress)
+    outcome = q.quantize_bundle(bundle, manifest, calibration, ref, onnx_mode or q.DEFAULT_ONNX_MODE,
+                                progress=progress)
+    manifest["parity"].update(outcome["parity"])
+    manifest["parity"]["bf16"] = q.bf16_parity(bundle, ref, in_memory.similarity_args)
+
+
 def export_bundle(out: str | Path, checkpoint: str | Path | None = None, clip: str | Path | None = None,
                   bpe: str | Path | None = None, opset: int = DEFAULT_OPSET, progress: bool = True,
-                  fp32_scopes: tuple[str, ...] = FP32_SCOPES, **overrides: Any) -> ExportResult:
+                  fp32_scopes: tuple[str, ...] = FP32_SCOPES, int8: bool = True,
+                  calibration_videos: str | Path | None = None, calibration_captions: str | Path | None = None,
+                  int8_onnx_mode: str | None = None, **overrides: Any) -> ExportResult:
     """Export a bundle into `out`; raises ExportValidationError (bundle marked invalid) on FP32 failure."""
     bundle = Path(out)
     bundle.mkdir(parents=True, exist_ok=True)
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    steps = tqdm(total=7, desc="export", unit="step", disable=not progress)
+    steps = tqdm(total=8 if int8 else 7, desc="export", unit="step", disable=not progress)
     seconds: dict[str, float] = {}
 
     def step(label: str, action: Callable[[], Any]) -> Any:
@@ -217,6 +236,9 @@ def export_bundle(out: str | Path, checkpoint: str | Path | None = None, clip: s
         return results
 
     parity = step("validate with onnxruntime", validate)
+    if int8 and parity["fp32"].passed:
+        step("int8 graphs + bf16 row", lambda: _int8_and_bf16(bundle, manifest, ref, calibration_videos,
+                                                               calibration_captions, int8_onnx_mode, progress))
     report = ["# Export validation", "", f"Model: {cfg.name}; source: {source['name']}", ""]
     report += [parity[p].to_markdown("ONNX Runtime CPU vs PyTorch FP32") + "\n" for p in parity]
     atomic_write_text(bundle / "validation.md", "\n".join(report))

@@ -24,17 +24,32 @@ FRAME_MASK_CHOICE = click.Choice(["official", "fixed"])
 @click.option("--frame-mask", "frame_mask_mode", type=FRAME_MASK_CHOICE,
               help="Frame mask mode (default: official for official checkpoints, fixed otherwise).")
 @click.option("--opset", type=click.IntRange(17, 20), default=17, show_default=True)
-def export_command(checkpoint, clip, bpe, out, max_frames, max_words, frame_mask_mode, opset):
+@click.option("--int8/--no-int8", "int8", default=True, show_default=True,
+              help="Also write INT8 graphs (ONNX Runtime quantization + NNCF OpenVINO IR), gated on the reference.")
+@click.option("--calibration-videos", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Folder of real videos the INT8 activations are calibrated on (first 16 by name; default: 16 "
+                   "clips of the embedded benchmark's validation split, rendered at export).")
+@click.option("--calibration-captions", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Captions for the text graph's calibration: one per line, or CSV/JSONL with sentence/caption "
+                   "(first 64; default: the embedded benchmark's captions).")
+@click.option("--int8-onnx", "int8_onnx_mode", type=click.Choice(["dynamic", "static"]), default=None,
+              help="ONNX Runtime INT8 form: dynamic (default, fastest on ONNX Runtime) or calibrated static QDQ.")
+def export_command(checkpoint, clip, bpe, out, max_frames, max_words, frame_mask_mode, opset, int8,
+                   calibration_videos, calibration_captions, int8_onnx_mode):
     """Export a checkpoint to a validated bundle."""
     from .bundle import ExportValidationError, export_bundle
+    from .int8 import CalibrationError
 
     try:
         result = export_bundle(out, checkpoint=checkpoint, clip=clip, bpe=bpe, opset=opset, max_frames=max_frames,
-                               max_words=max_words, frame_mask_mode=frame_mask_mode)
+                               max_words=max_words, frame_mask_mode=frame_mask_mode, int8=int8,
+                               calibration_videos=calibration_videos, calibration_captions=calibration_captions,
+                               int8_onnx_mode=int8_onnx_mode)
     except ExportValidationError as exc:
         raise click.ClickException(str(exc))
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, CalibrationError) as exc:
         raise click.ClickException(str(exc))
+    _echo_reduced_precision(result.manifest)
     for precision, parity in result.parity.items():
         fig = parity.figures
         click.echo(f"{precision}: {'PASS' if parity.passed else 'FAIL'}  text cos min "
@@ -42,6 +57,51 @@ def export_command(checkpoint, clip, bpe, out, max_frames, max_words, frame_mask
                    f"selection {fig.get('patch_indices', {}).get('agreement', float('nan')):.4f}  "
                    f"top-1 {fig['similarity']['top1_agreement']:.2%}")
     click.echo(f"bundle written to {result.bundle} ({sum(result.seconds.values()):.1f} s); see validation.md")
+
+
+def _echo_reduced_precision(manifest) -> None:
+    """One line per bf16 / int8 row recorded at export: every gate figure, not just pass / fail."""
+    for key in ("bf16", "int8", "int8_openvino"):
+        row = (manifest.get("parity") or {}).get(key)
+        if not row:
+            continue
+        if row.get("skipped"):
+            click.echo(f"{key}: not measured: {row['skipped']}")
+            continue
+        fig = row["figures"]
+        state = "PASS" if row["passed"] else "FAIL (not shipped)" if key != "bf16" else "FAIL"
+        click.echo(f"{key} ({row['backend']}): {state}  text cos min {fig['text_embeds']['cosine_min']:.6f} mean "
+                   f"{fig['text_embeds']['cosine_mean']:.6f}  frame cos min {fig['frame_embeds']['cosine_min']:.6f} "
+                   f"mean {fig['frame_embeds']['cosine_mean']:.6f}  selection "
+                   f"{fig.get('patch_indices', {}).get('agreement', float('nan')):.4f}"
+                   + "".join(f"\n  - {f}" for f in row["failures"]))
+
+
+@click.command("quantize")
+@click.option("--bundle", "bundle_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--calibration-videos", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Folder of real videos (default: the embedded benchmark, as for `ts2net export`).")
+@click.option("--calibration-captions", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
+@click.option("--int8-onnx", "int8_onnx_mode", type=click.Choice(["dynamic", "static"]), default="dynamic",
+              show_default=True)
+@click.option("--openvino-ir/--no-openvino-ir", default=True, show_default=True,
+              help="Also write the NNCF-quantized OpenVINO IR (the fastest INT8 form on OpenVINO).")
+def quantize_command(bundle_dir, calibration_videos, calibration_captions, int8_onnx_mode, openvino_ir):
+    """(Re)make a bundle's INT8 graphs and its bf16 row, gated on the reference inputs."""
+    from runtime.bundle import BundleError
+
+    from .int8 import CalibrationError, add_int8_to_bundle
+
+    try:
+        manifest = add_int8_to_bundle(bundle_dir, calibration_videos, calibration_captions, int8_onnx_mode,
+                                      openvino_ir)
+    except (BundleError, CalibrationError, ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc))
+    _echo_reduced_precision(manifest)
+    shipped = [g for g in ("text", "video") if "int8" in manifest["graphs"][g]]
+    click.echo(f"int8 graphs in {bundle_dir}: {', '.join(shipped) or 'none (gates failed)'}")
+    if not shipped:
+        raise click.ClickException("the INT8 graphs failed their gates; see the figures above")
 
 
 @click.command("engine")

@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping, Sequence
 import click
 import numpy as np
 
-from .backends import BACKENDS
+from .backends import BACKEND_PRECISIONS, BACKENDS
 
 log = logging.getLogger(__name__)
 
@@ -268,17 +268,23 @@ def _row(graph, backend, precision, batch, latencies, flops_item, peak, rss_mib,
 
 def _peak_for(peaks: dict[str, Any], backend: str, precision: str) -> float | None:
     entry = peaks.get(backend, {})
-    chosen = entry.get(precision) or entry.get("fp32")  # CPU: no faster FP16 GEMM, so the FP32 peak bounds both
+    # CPU: no faster FP16 GEMM, so the FP32 peak bounds ONNX Runtime's FP16 rows; bf16 / int8 have their own
+    chosen = entry.get(precision) or (entry.get("fp32") if precision == "fp16" else None)
     return chosen.get("best_gflops") if isinstance(chosen, dict) and "best_gflops" in chosen else None
 
 
 def measure_peaks(backends: Sequence[str], precisions: Sequence[str], sizes: Sequence[int],
-                  threads: int | None) -> dict[str, Any]:
+                  threads: int | None, plans: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
+    """Peaks of every backend's precisions; `plans` adds the bf16 / int8 rows (runtime/precision_peaks.py)."""
+    from .precision_peaks import peak_measurer
+
     peaks: dict[str, Any] = {}
     for backend in backends:
         peaks[backend] = {}
         for precision in precisions if backend != "ort-cpu" else ("fp32",):
             dtype = "float32" if precision == "fp32" else "float16"
+            if backend == "openvino" or precision in ("bf16", "int8"):
+                continue
             try:
                 if backend == "tensorrt":
                     if precision != "fp16":
@@ -289,7 +295,41 @@ def measure_peaks(backends: Sequence[str], precisions: Sequence[str], sizes: Seq
             except Exception as exc:  # noqa: BLE001 - a missing peak must not lose the latency numbers
                 peaks[backend][precision] = {"error": f"{type(exc).__name__}: {exc}"}
                 log.warning("peak of %s %s not measured: %s", backend, precision, exc)
+    for backend, precision in plans:
+        measure = peak_measurer(backend, precision)
+        if measure is None or precision in peaks.get(backend, {}):
+            continue
+        try:
+            peaks.setdefault(backend, {})[precision] = measure(sizes, threads)
+        except Exception as exc:  # noqa: BLE001 - a missing peak must not lose the latency numbers
+            peaks.setdefault(backend, {})[precision] = {"error": f"{type(exc).__name__}: {exc}"}
+            log.warning("peak of %s %s not measured: %s", backend, precision, exc)
     return peaks
+
+
+def backend_plans(bundle, backend: str, precisions: Sequence[str]) -> tuple[list[tuple[str, str]], list[dict]]:
+    """(backend, precision) rows to measure and the skipped ones with their reason."""
+    plans, skipped = [], []
+    if backend == "tensorrt":
+        return [(backend, bundle.engine_entry("text").get("precision", "fp16"))], []
+    for precision in precisions:
+        if precision not in BACKEND_PRECISIONS[backend]:
+            continue
+        graph_precision = "fp32" if precision == "bf16" else precision
+        if not all(bundle.has_graph(g, graph_precision) for g in ("text", "video")):
+            if precision == "int8":
+                skipped.append({"backend": f"{backend} int8", "reason": "the bundle has no int8 graphs (`ts2net "
+                                "quantize --bundle ...` adds them)"})
+            continue
+        if backend == "openvino":
+            from .openvino_backend import precision_status
+
+            ok, reason = precision_status(precision)
+            if not ok:
+                skipped.append({"backend": f"{backend} {precision}", "reason": reason})
+                continue
+        plans.append((backend, precision))
+    return plans, skipped
 
 
 def _load_torch(bundle, checkpoint, threads):
@@ -309,10 +349,12 @@ def _load_torch(bundle, checkpoint, threads):
     return baseline, model, description
 
 
-def run_bench(bundle, backends: Sequence[str] | None = None, precisions: Sequence[str] = ("fp32", "fp16"),
+def run_bench(bundle, backends: Sequence[str] | None = None,
+              precisions: Sequence[str] = ("fp32", "fp16", "bf16", "int8"),
               batch_sizes: Sequence[int] = (1, 8), warmup: int = 3, iters: int = 20, threads: int | None = None,
               torch: bool = True, torch_checkpoint: str | None = None,
-              peak_sizes: Sequence[int] = DEFAULT_PEAK_SIZES, progress: bool = True) -> dict[str, Any]:
+              peak_sizes: Sequence[int] = DEFAULT_PEAK_SIZES, progress: bool = True,
+              torch_compile: bool = False) -> dict[str, Any]:
     """Measure everything; returns the report dict (see `bench_command` for the fields)."""
     from tqdm import tqdm
 
@@ -326,26 +368,30 @@ def run_bench(bundle, backends: Sequence[str] | None = None, precisions: Sequenc
     skipped = [{"backend": b, "reason": status[b].reason} for b in requested if not status[b].available]
     runnable = [b for b in requested if status[b].available]
     flops = {g: model_flops(bundle.model, g) for g in ("text", "video")}
-    peaks = measure_peaks(runnable, precisions, peak_sizes, threads)
-
     plans = []  # (backend, precision) pairs to run
     for backend in runnable:
-        if backend == "tensorrt":
-            precision = bundle.engine_entry("text").get("precision", "fp16")
-            plans.append((backend, precision))
-        else:
-            plans += [(backend, p) for p in precisions if p in bundle.manifest["graphs"]["text"]]
+        backend_rows, backend_skipped = backend_plans(bundle, backend, precisions)
+        plans += backend_rows
+        skipped += backend_skipped
+    peaks = measure_peaks(runnable, [p for p in precisions if p in ("fp32", "fp16")], peak_sizes, threads, plans)
     torch_note = None
     baseline = model = None
     if torch:
         baseline, model, torch_note = _load_torch(bundle, torch_checkpoint, threads)
         if baseline is not None:
-            peaks["torch-eager"] = {"fp32": baseline.matmul_peak(tuple(peak_sizes), threads)}
-            plans.append(("torch-eager", "fp32"))
+            torch_rows = baseline.torch_plans(precisions, torch_compile)
+            peaks["torch-eager"] = {p: baseline.matmul_peak(tuple(peak_sizes), threads, dtype=p)
+                                    for p in sorted({p for _, p in torch_rows})}
+            if torch_compile:
+                peaks["torch-compile"] = peaks["torch-eager"]  # same oneDNN / MKL GEMM kernels as eager
+            plans += torch_rows
         else:
             skipped.append({"backend": "torch-eager", "reason": torch_note})
     else:
         torch_note = "disabled with --no-torch"
+    if torch and baseline is not None and not torch_compile:
+        skipped.append({"backend": "torch-compile", "reason": "not requested (--torch-compile; compiling the "
+                        "model takes minutes on a small CPU)"})
 
     rows = []
     bar = tqdm(total=len(plans) * 2 * len(batch_sizes), desc="bench", unit="config", disable=not progress)
@@ -354,16 +400,18 @@ def run_bench(bundle, backends: Sequence[str] | None = None, precisions: Sequenc
             rss = PeakRss()
             rss.start()
             start = time.perf_counter()
-            if backend == "torch-eager":
-                runner = baseline.TorchRunner(model, graph, threads)
+            if backend.startswith("torch-"):
+                runner = baseline.TorchRunner(model, graph, threads, precision=precision,
+                                              compiled=backend == "torch-compile")
             else:
                 runner = create_backend(bundle, graph, backend, precision if backend != "tensorrt" else None,
-                                        threads=threads if backend == "ort-cpu" else None).load()
+                                        threads=threads if backend in ("ort-cpu", "openvino") else None).load()
             load = {"load_s": time.perf_counter() - start, "load_rss_mib": rss.delta_mib()}
             try:
                 for batch in batch_sizes:
                     bar.set_postfix_str(f"{backend} {precision} {graph} b{batch}")
-                    latencies, rss_mib = _measure(runner, bench_inputs(bundle, graph, batch), warmup, iters)
+                    latencies, rss_mib = _measure(runner, bench_inputs(bundle, graph, batch),
+                                                  warmup + (1 if backend == "torch-compile" else 0), iters)
                     rows.append(_row(graph, backend, precision, batch, latencies, flops[graph],
                                      _peak_for(peaks, backend, precision), rss_mib, load))
                     bar.update()
@@ -386,23 +434,64 @@ def run_bench(bundle, backends: Sequence[str] | None = None, precisions: Sequenc
         "peaks": peaks,
         "results": rows,
         "ratios": ratios(rows),
+        "fastest_gated": fastest_gated_rows(rows, bundle),
+        "uptime": _uptime(),
         "environment": environment(),
     }
 
 
 def ratios(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Speed ratios from the same run: ONNX Runtime CPU vs torch eager, FP16 vs FP32 per backend."""
+    """Speed ratios from the same run: every row vs torch eager FP32 and vs torch eager BF16 autocast
+    (the two things a user would pick instead of deploying), and FP16 vs FP32 per backend."""
     p50 = {(r["graph"], r["backend"], r["precision"], r["batch"]): r["p50_ms"] for r in rows}
     out = []
     for (graph, backend, precision, batch), value in p50.items():
-        torch_ms = p50.get((graph, "torch-eager", "fp32", batch))
-        if backend.startswith("ort") and torch_ms:
-            out.append({"ratio": f"torch eager fp32 / {backend} {precision}", "graph": graph, "batch": batch,
-                        "value": torch_ms / value})
+        for base in ("fp32", "bf16"):
+            torch_ms = p50.get((graph, "torch-eager", base, batch))
+            if torch_ms and (backend, precision) != ("torch-eager", base):
+                out.append({"ratio": f"torch eager {base} / {backend} {precision}", "graph": graph, "batch": batch,
+                            "value": torch_ms / value, "versus": f"torch-eager {base}",
+                            "row": f"{backend} {precision}"})
         fp32_ms = p50.get((graph, backend, "fp32", batch))
         if precision == "fp16" and fp32_ms:
-            out.append({"ratio": f"{backend} fp32 / fp16", "graph": graph, "batch": batch, "value": fp32_ms / value})
+            out.append({"ratio": f"{backend} fp32 / fp16", "graph": graph, "batch": batch, "value": fp32_ms / value,
+                        "versus": f"{backend} fp32", "row": f"{backend} {precision}"})
     return out
+
+
+def fastest_gated_rows(rows: Sequence[Mapping[str, Any]], bundle) -> list[dict[str, Any]]:
+    """Per graph and batch: the fastest deployed row whose precision passed its gates, with both ratios."""
+    from .path_choice import gated_precisions
+
+    gated = gated_precisions(bundle)
+    p50 = {(r["graph"], r["backend"], r["precision"], r["batch"]): r["p50_ms"] for r in rows}
+    out = []
+    for graph, batch in sorted({(r["graph"], r["batch"]) for r in rows}):
+        candidates = [r for r in rows if (r["graph"], r["batch"]) == (graph, batch)
+                      and not r["backend"].startswith("torch") and (r["backend"], r["precision"]) in gated]
+        if not candidates:
+            continue
+        best = min(candidates, key=lambda r: r["p50_ms"])
+        entry = {"graph": graph, "batch": batch, "backend": best["backend"], "precision": best["precision"],
+                 "p50_ms": best["p50_ms"], "pct_of_peak": best["pct_of_peak"]}
+        for base in ("fp32", "bf16"):
+            torch_ms = p50.get((graph, "torch-eager", base, batch))
+            entry[f"vs_torch_eager_{base}"] = torch_ms / best["p50_ms"] if torch_ms else None
+        out.append(entry)
+    return out
+
+
+def _uptime() -> str | None:
+    """`uptime`'s line (load averages over 1, 5, 15 minutes), recorded with every benchmark."""
+    import shutil
+    import subprocess
+
+    if shutil.which("uptime") is None:
+        return None
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 # ------------------------------------------------------------------------------ output
@@ -428,7 +517,8 @@ def render_markdown(report: dict[str, Any]) -> str:
              *_busy_warning(s),
              "## Attainable peak (same run, same kernel library)", "",
              "ONNX Runtime CPU FP16 rows are set against the FP32 MatMul peak: the CPU path has no faster FP16 "
-             "GEMM, so the FP32 peak bounds both.", "",
+             "GEMM, so the FP32 peak bounds both. BF16 and INT8 rows are set against the MatMul of their own "
+             "precision and library (runtime/precision_peaks.py).", "",
              "| backend | precision | library | dtype | GFLOP/s by n | best GFLOP/s |", "|---|---|---|---|---|---|"]
     for backend, by_precision in report["peaks"].items():
         for precision, peak in by_precision.items():
@@ -446,11 +536,35 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {r['graph']} | {r['backend']} | {r['precision']} | {r['batch']} | {r['p50_ms']:.3f} | "
                      f"{r['p95_ms']:.3f} | {r['p99_ms']:.3f} | {r['items_per_s']:.1f} | {r['gflops']:.2f} | {pct} | "
                      f"{r['run_peak_rss_mib']:.1f} | {r['load_rss_mib']:.1f} |")
+    if report.get("fastest_gated"):
+        lines += ["", "## Fastest gated path (p50, same run)", "",
+                  "| graph | batch | backend | precision | p50 ms | vs torch eager FP32 | vs torch eager BF16 autocast | "
+                  "% of peak |", "|---|---|---|---|---|---|---|---|"]
+        for r in report["fastest_gated"]:
+            ratio = [f"{r[k]:.2f}x" if r.get(k) else "-" for k in ("vs_torch_eager_fp32", "vs_torch_eager_bf16")]
+            pct = f"{r['pct_of_peak']:.1f}" if r.get("pct_of_peak") is not None else "-"
+            lines.append(f"| {r['graph']} | {r['batch']} | {r['backend']} | {r['precision']} | {r['p50_ms']:.2f} | "
+                         f"{ratio[0]} | {ratio[1]} | {pct} |")
     if report["ratios"]:
-        lines += ["", "## Ratios (p50, same run; > 1 means the second is faster)", "",
-                  "| ratio | graph | batch | value |", "|---|---|---|---|"]
-        lines += [f"| {r['ratio']} | {r['graph']} | {r['batch']} | {r['value']:.2f} |" for r in report["ratios"]]
+        versus = [v for v in ("torch-eager fp32", "torch-eager bf16") if any(r["versus"] == v for r in report["ratios"])]
+        by_row: dict[tuple, dict] = {}
+        for r in report["ratios"]:
+            if r["versus"] in versus:
+                by_row.setdefault((r["graph"], r["batch"], r["row"]), {})[r["versus"]] = r["value"]
+        lines += ["", "## Speed-up vs PyTorch (p50 ratio, same run; > 1 means the row is faster)", "",
+                  "| graph | batch | row | " + " | ".join(f"vs {v}" for v in versus) + " |",
+                  "|---|---|---|" + "---|" * len(versus)]
+        for (graph, batch, row), values in by_row.items():
+            lines.append(f"| {graph} | {batch} | {row} | " + " | ".join(
+                f"{values[v]:.2f}x" if v in values else "-" for v in versus) + " |")
+        other = [r for r in report["ratios"] if r["versus"] not in versus]
+        if other:
+            lines += ["", "| ratio | graph | batch | value |", "|---|---|---|---|"]
+            lines += [f"| {r['ratio']} | {r['graph']} | {r['batch']} | {r['value']:.2f} |" for r in other]
     lines += ["", f"PyTorch eager baseline: {report['torch_baseline']}."]
+    if report.get("uptime"):
+        lines += ["", f"`uptime` at the end of the run: `{report['uptime']}` (the machine may be shared: ratios are "
+                  "same-run, absolute numbers are as loaded as this says)."]
     if report["skipped"]:
         lines += ["", "Not measured:", ""] + [f"- {s['backend']}: {s['reason']}" for s in report["skipped"]]
     lines += ["", "## Environment", "", environment_markdown(report["environment"])]
@@ -521,7 +635,9 @@ def _choice_list(allowed: Sequence[str]) -> Callable[[Any, Any, str], list[str]]
 @click.option("--bundle", "bundle_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--backends", callback=_choice_list(BACKENDS), default=None,
               help="Comma-separated backends (default: every one available here).")
-@click.option("--precisions", callback=_choice_list(("fp32", "fp16")), default="fp32,fp16", show_default=True)
+@click.option("--precisions", callback=_choice_list(("fp32", "fp16", "bf16", "int8")), default="fp32,fp16,bf16,int8",
+              show_default=True, help="Precisions per backend (each backend runs those it supports: ORT fp32/fp16/"
+                                      "int8, OpenVINO fp32/bf16/int8; bf16 also adds torch eager BF16 autocast).")
 @click.option("--batch-sizes", callback=lambda c, p, v: _int_list(v), default="1,8", show_default=True)
 @click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True)
 @click.option("--iters", type=click.IntRange(min=1), default=20, show_default=True)
@@ -531,13 +647,15 @@ def _choice_list(allowed: Sequence[str]) -> Callable[[Any, Any, str], list[str]]
 @click.option("--torch-checkpoint", type=click.Path(exists=True, path_type=Path), default=None,
               help="Checkpoint of the bundle's model for the torch baseline (default: the embedded model, if the "
                    "bundle was exported from it).")
+@click.option("--torch-compile/--no-torch-compile", default=False, show_default=True,
+              help="Also time torch.compile (inductor) FP32; compiling takes minutes on a small CPU.")
 @click.option("--peak-sizes", callback=lambda c, p, v: _int_list(v), default=",".join(map(str, DEFAULT_PEAK_SIZES)),
               show_default=True, help="Square MatMul sizes for the attainable-peak measurement.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("reports/bench"),
               show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def bench_command(bundle_dir, backends, precisions, batch_sizes, warmup, iters, threads, use_torch, torch_checkpoint,
-                  peak_sizes, out_dir, progress):
+                  torch_compile, peak_sizes, out_dir, progress):
     """Latency / throughput / GFLOP/s of a bundle's backends next to the attainable peak; JSON + Markdown + PNG."""
     from .backends import BackendUnavailable
     from .bundle import BundleError, open_bundle
@@ -551,7 +669,7 @@ def bench_command(bundle_dir, backends, precisions, batch_sizes, warmup, iters, 
     try:
         bundle = open_bundle(bundle_dir)
         report = run_bench(bundle, backends, precisions, batch_sizes, warmup, iters, threads, use_torch,
-                           torch_checkpoint, peak_sizes, progress)
+                           torch_checkpoint, peak_sizes, progress, torch_compile)
     except (BundleError, BackendUnavailable) as exc:
         raise click.ClickException(str(exc)) from exc
     markdown = render_markdown(report)

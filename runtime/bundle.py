@@ -27,7 +27,7 @@ FORMAT_NAME = "ts2net-bundle"
 SUPPORTED_FORMAT_VERSIONS = (1,)
 MANIFEST_NAME = "manifest.json"
 GRAPHS = ("text", "video")
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")   # graph files; bf16 is an OpenVINO hint on the fp32 graph, not a file
 DTYPES = ("float32", "float16", "int64", "int32", "bool")
 
 # Sections the runtime reads; an exporter that leaves one out wrote a bundle we cannot serve.
@@ -123,6 +123,11 @@ def schema_problems(manifest: Any) -> list[str]:
                     _check_tensor_list(f"{where}.outputs", entry.get("outputs"), problems)
                     if "external_data" in entry:
                         _check_file_entry(f"{where}.external_data", entry["external_data"], problems)
+                    if "openvino_ir" in entry:
+                        ir = entry["openvino_ir"]
+                        _check_file_entry(f"{where}.openvino_ir", ir, problems)
+                        if isinstance(ir, Mapping):
+                            _check_file_entry(f"{where}.openvino_ir.weights", ir.get("weights"), problems)
     engines = manifest.get("engines")
     if engines is not None and not isinstance(engines, Mapping):
         problems.append("engines: expected an object keyed by graph name")
@@ -207,6 +212,9 @@ class Bundle:
                 files[entry["file"]] = f"graphs.{graph}.{precision}"
                 if "external_data" in entry:
                     files[entry["external_data"]["file"]] = f"graphs.{graph}.{precision}.external_data"
+                if "openvino_ir" in entry:
+                    files[entry["openvino_ir"]["file"]] = f"graphs.{graph}.{precision}.openvino_ir"
+                    files[entry["openvino_ir"]["weights"]["file"]] = f"graphs.{graph}.{precision}.openvino_ir.weights"
         for graph, entry in (self._manifest.get("engines") or {}).items():
             files[entry["file"]] = f"engines.{graph}"
         if self._manifest.get("reference"):
@@ -226,6 +234,9 @@ class Bundle:
                 yield entry
                 if "external_data" in entry:
                     yield entry["external_data"]
+                if "openvino_ir" in entry:
+                    yield entry["openvino_ir"]
+                    yield entry["openvino_ir"]["weights"]
         yield from (self._manifest.get("engines") or {}).values()
         if self._manifest.get("reference"):
             yield self._manifest["reference"]
@@ -274,6 +285,16 @@ class Bundle:
         if "external_data" in entry:
             self.verify_file(entry["external_data"]["file"])
         return self.verify_file(entry["file"])
+
+    def has_graph(self, graph: str, precision: str) -> bool:
+        return precision in self._manifest["graphs"].get(graph, {})
+
+    def openvino_ir_paths(self, graph: str, precision: str) -> tuple[Path, Path] | None:
+        """Verified (model .xml, weights .bin) of a graph's OpenVINO IR form, None when it has none."""
+        ir = self.graph_entry(graph, precision).get("openvino_ir")
+        if not ir:
+            return None
+        return self.verify_file(ir["file"]), self.verify_file(ir["weights"]["file"])
 
     def inputs(self, graph: str, precision: str = "fp32") -> list[Mapping[str, Any]]:
         return list(self.graph_entry(graph, precision)["inputs"])

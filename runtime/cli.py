@@ -12,7 +12,8 @@ import click
 
 # command name -> (module, function, one-line help shown by `ts2net --help`)
 COMMANDS = {
-    "export": ("export.cli", "export_command", "Export a checkpoint to a bundle (ONNX FP32 + FP16, reference, manifest)."),
+    "export": ("export.cli", "export_command", "Export a checkpoint to a bundle (ONNX FP32, FP16, INT8, reference, manifest)."),
+    "quantize": ("export.cli", "quantize_command", "Add INT8 graphs (ONNX Runtime + NNCF OpenVINO IR) to a bundle."),
     "engine": ("export.cli", "engine_command", "Build TensorRT engines for a bundle (needs TensorRT and a GPU)."),
     "train": ("ts2net.train", "train_command", "Train a TS2-Net (single process or torchrun)."),
     "parity": ("runtime.parity_cli", "parity_command", "Check a bundle's outputs against its PyTorch reference."),
@@ -36,7 +37,7 @@ class LazyGroup(click.Group):
         except ImportError as exc:
             missing = exc.name or str(exc)
             hint = "pip install 'ts2net-deploy[export]'" if missing.split(".")[0] in ("torch", "onnx", "onnxslim",
-                                                                                    "safetensors") else ""
+                                                                                    "safetensors", "nncf") else ""
             raise click.ClickException(f"`ts2net {name}` needs {missing!r}, which is not installed. {hint}".strip())
 
     def format_commands(self, ctx, formatter):

@@ -1,0 +1,76 @@
+"""The default CPU path of `ts2net index` / `search`: the fastest (backend, precision) that passed its gates.
+
+Gates are the bundle's own export-time parity rows (manifest ``parity``): FP32 graphs are always
+gated (a bundle is only valid if they pass); int8 is gated if its graphs are listed (a failing
+form is never listed) and its row passed; bf16 if its row passed at export *and* this CPU reports
+BF16 to OpenVINO. The real-data gates (``ts2net parity --csv --videos``) are the user's check on
+their own data; `make demo` runs them on the benchmark.
+
+Speed order (fastest first) is the one measured by `ts2net bench` on the ViT-B/32-shaped bundle
+(docs/openvino.md): OpenVINO INT8 < OpenVINO BF16 < ONNX Runtime INT8 < OpenVINO FP32 ~ ONNX Runtime
+FP32. `ts2net eval` does not use this: its numbers are the FP32 reference unless asked otherwise.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+SPEED_ORDER = (("openvino", "int8"), ("openvino", "bf16"), ("ort-cpu", "int8"), ("openvino", "fp32"),
+               ("ort-cpu", "fp32"))
+AUTO = "auto"
+
+
+def _passed(manifest: dict[str, Any], key: str) -> bool:
+    row = (manifest.get("parity") or {}).get(key) or {}
+    return row.get("passed") is True
+
+
+def gated_precisions(bundle) -> set[tuple[str, str]]:
+    """Every (backend, precision) that passed its gates for this bundle and can run on this machine."""
+    from .openvino_backend import precision_status
+
+    manifest = bundle.manifest
+    gated = {("ort-cpu", "fp32")}
+    if bundle.has_graph("text", "fp16") and _passed(manifest, "fp16"):
+        gated.add(("ort-cpu", "fp16"))
+    has_int8 = all(bundle.has_graph(g, "int8") for g in ("text", "video"))
+    if has_int8 and _passed(manifest, "int8"):
+        gated.add(("ort-cpu", "int8"))
+    if precision_status("fp32")[0]:
+        gated.add(("openvino", "fp32"))
+        ir = all(bundle.graph_entry(g, "int8").get("openvino_ir") for g in ("text", "video")) if has_int8 else False
+        if has_int8 and _passed(manifest, "int8_openvino" if ir else "int8"):
+            gated.add(("openvino", "int8"))
+        if _passed(manifest, "bf16") and precision_status("bf16")[0]:
+            gated.add(("openvino", "bf16"))
+    return gated
+
+
+def fastest_gated_path(bundle) -> tuple[str, str, str]:
+    """(backend, precision, why) of the fastest gated CPU path for this bundle on this machine."""
+    gated = gated_precisions(bundle)
+    for backend, precision in SPEED_ORDER:
+        if (backend, precision) in gated:
+            skipped = [f"{b} {p}" for b, p in SPEED_ORDER[:SPEED_ORDER.index((backend, precision))]]
+            why = (f"fastest gated path here ({backend} {precision})" +
+                   (f"; not available or not gated: {', '.join(skipped)}" if skipped else ""))
+            return backend, precision, why
+    return "ort-cpu", "fp32", "ONNX Runtime FP32 (nothing faster passed its gates here)"
+
+
+def resolve(bundle, backend: str | None, precision: str | None) -> tuple[str, str, str]:
+    """The user's choice, with "auto" (or nothing) for either part filled by the fastest gated path."""
+    if backend in (None, AUTO):
+        if precision in (None, AUTO):
+            return fastest_gated_path(bundle)
+        gated = gated_precisions(bundle)
+        for b, p in SPEED_ORDER:
+            if p == precision and (b, p) in gated:
+                return b, p, f"fastest gated backend for {precision}"
+        return "ort-cpu", precision, f"ort-cpu {precision} (as asked)"
+    if precision in (None, AUTO):
+        gated = gated_precisions(bundle)
+        for b, p in SPEED_ORDER:
+            if b == backend and (b, p) in gated:
+                return b, p, f"fastest gated precision of {backend}"
+        return backend, "fp32", f"{backend} fp32"
+    return backend, precision, "as asked"
