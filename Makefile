@@ -16,8 +16,8 @@ OPSET      ?= 17
 BATCH        ?=
 WORKSPACE    ?=
 TIMING_CACHE ?=
-# make bench [OUT=bundle] [BACKENDS=ort-cpu] [BATCH_SIZES=1,8]
-BACKENDS    ?= ort-cpu
+# make bench [OUT=bundle] [BACKENDS=ort-cpu,openvino] [BATCH_SIZES=1,8]
+BACKENDS    ?= ort-cpu,openvino
 BATCH_SIZES ?= 1,8
 DATA        ?= data/synth
 DEMO_BUNDLE ?= bundles/demo
@@ -30,7 +30,7 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
-	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e ".[export,dev]"
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e ".[export,openvino,dev]"
 	@mkdir -p $(dir $(STAMP)) && touch $(STAMP)
 
 test: setup
@@ -51,12 +51,18 @@ bench: setup
 	$(TS2NET) bench --bundle $(OUT) --backends $(BACKENDS) --batch-sizes $(BATCH_SIZES) --out reports/bench
 
 # The whole product on the embedded default model: benchmark test split (generated if absent),
-# export + validation, runtime parity (FP32 and FP16 graphs), evaluation, latency, one summary.
+# export + validation (FP32, FP16, INT8 graphs; bf16 row), runtime parity (FP32, FP16 on the reference; bf16
+# and int8 also on the 1,000-clip test split against FP32), evaluation (FP32), latency of every backend and
+# precision next to PyTorch eager FP32 / BF16 autocast, one summary.
 demo: setup
 	$(PYTHON) -m ts2net.synthbench --out $(DATA) --splits test --test 1000
 	$(TS2NET) export --out $(DEMO_BUNDLE)
 	$(TS2NET) parity --bundle $(DEMO_BUNDLE) --backend ort-cpu --precision fp32 --out $(DEMO_REPORTS)/parity-fp32
 	$(TS2NET) parity --bundle $(DEMO_BUNDLE) --backend ort-cpu --precision fp16 --out $(DEMO_REPORTS)/parity-fp16
+	$(TS2NET) parity --bundle $(DEMO_BUNDLE) --backend openvino --precision bf16 --skip-unsupported \
+		--csv $(DATA)/test.csv --videos $(DATA)/videos --no-progress --out $(DEMO_REPORTS)/parity-bf16
+	$(TS2NET) parity --bundle $(DEMO_BUNDLE) --backend openvino --precision int8 \
+		--csv $(DATA)/test.csv --videos $(DATA)/videos --no-progress --out $(DEMO_REPORTS)/parity-int8
 	$(TS2NET) eval --bundle $(DEMO_BUNDLE) --csv $(DATA)/test.csv --videos $(DATA)/videos --out $(DEMO_REPORTS)/eval
 	$(TS2NET) bench --bundle $(DEMO_BUNDLE) --batch-sizes 1,8 --out $(DEMO_REPORTS)/bench
 	$(PYTHON) -m runtime.summary --bundle $(DEMO_BUNDLE) --reports $(DEMO_REPORTS) --ablations ts2net/demo/ablations.json

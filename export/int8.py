@@ -291,6 +291,16 @@ def quantize_bundle(bundle_dir: Path, manifest: dict[str, Any], calibration: Cal
     from tqdm import tqdm
 
     bundle_dir = Path(bundle_dir)
+    ir_unavailable = None
+    if openvino_ir:
+        try:
+            import nncf  # noqa: F401
+            import openvino  # noqa: F401
+        except ImportError as exc:
+            ir_unavailable = (f"no OpenVINO IR: {exc.name or exc} is not installed (pip install "
+                              "'ts2net-deploy[openvino]'); OpenVINO consumers run the int8 .onnx")
+            log.warning(ir_unavailable)
+            openvino_ir = False
     sim_args = {"logit_scale": float(manifest["similarity"]["logit_scale"]),
                 "frame_mask_mode": str(manifest["similarity"]["frame_mask_mode"]),
                 "tokens_per_frame": int(manifest["similarity"]["tokens_per_frame"]),
@@ -323,6 +333,9 @@ def quantize_bundle(bundle_dir: Path, manifest: dict[str, Any], calibration: Cal
         ir_parity = reference_parity(ref, run_openvino(ir_files["text"], text_feed),
                                      run_openvino(ir_files["video"], video_feed), "int8", sim_args)
         parity["int8_openvino"] = {"backend": "openvino", "graphs": "*.int8.xml (nncf)", **ir_parity.to_dict()}
+    elif ir_unavailable:
+        parity["int8_openvino"] = {"backend": "openvino", "precision": "int8", "passed": None,
+                                   "skipped": ir_unavailable}
 
     def remove(paths: Iterable[Path]) -> None:
         for path in paths:

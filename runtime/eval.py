@@ -495,7 +495,8 @@ def summary_text(data: dict[str, Any]) -> str:
 @click.option("--videos", "videos_dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="Folder of {video_id}.mp4 files.")
 @click.option("--backend", default="ort-cpu", show_default=True, help="Inference backend (ort-cpu, ort-cuda, tensorrt).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16", "int8"]), default="fp32", show_default=True,
+              help="fp32 (the reference numbers) unless asked; bf16 / int8 with --backend openvino.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=str(DEFAULT_OUT), show_default=True,
               help="Report folder (JSON + Markdown + PNG).")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None,

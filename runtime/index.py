@@ -227,7 +227,7 @@ def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
 
 
 def search_index(index: VideoIndex, queries: Sequence[str], k: int = 10, *, bundle_dir=None,
-                 backend: str = "ort-cpu", batch_size: int = 16) -> list[dict[str, Any]]:
+                 backend: str = "auto", batch_size: int = 16) -> list[dict[str, Any]]:
     """Rank the indexed videos for each query by the TS2-Net similarity (logit-scaled scores).
 
     The bundle defaults to the one recorded in the index; its id must match the index's.
@@ -247,6 +247,13 @@ def search_index(index: VideoIndex, queries: Sequence[str], k: int = 10, *, bund
         raise VideoIndexError(f"{index.path} was built with bundle id {index.meta['bundle']['id']} but {path} has id "
                           f"{bundle.sha256}: its text embeddings are not comparable; pass the original --bundle "
                           "or rebuild the index")
+    if backend == "auto":  # the index's own backend, else the fastest gated one of the index's precision
+        from .path_choice import gated_precisions, resolve
+
+        backend = index.meta["backend"]
+        if (backend, index.meta["precision"]) not in gated_precisions(bundle) and not backend.startswith(("ort-cuda",
+                                                                                                          "tensorrt")):
+            backend = resolve(bundle, None, index.meta["precision"])[0]
     with BundleEncoder(bundle, backend=backend, precision=index.meta["precision"], batch_size=batch_size) as enc:
         text = np.asarray(enc.encode_texts(list(queries)), np.float32)
     sim = similarity(text, index.frame_embeds, index.frame_mask, **index.similarity_args)
@@ -282,8 +289,11 @@ def _click_errors(action):
 @click.option("--videos", "videos_dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="Folder of video files; the file name without extension is the video id.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Index directory to write.")
-@click.option("--backend", default="ort-cpu", show_default=True, help="Inference backend (ort-cpu, ort-cuda, tensorrt).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--backend", default="auto", show_default=True,
+              help="Inference backend (ort-cpu, ort-cuda, tensorrt, openvino); auto: the fastest path that passed "
+                   "its gates on this machine (runtime/path_choice.py).")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16", "int8"]), default="auto",
+              show_default=True, help="auto: the fastest gated precision of the backend.")
 @click.option("--dtype", type=click.Choice(DTYPES), default="float16", show_default=True,
               help="Storage type of frame embeddings (float16 halves the index; rankings barely move).")
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable videos (listed in index.json) instead of stopping.")
@@ -297,6 +307,13 @@ def _click_errors(action):
 def index_command(bundle_dir, videos_dir, out, backend, precision, dtype, skip_bad, batch_size, cache_dir, no_cache,
                   workers, no_progress):
     """Encode every video in a folder into a search index (resumable; unchanged videos are not re-encoded)."""
+    if "auto" in (backend, precision):
+        from .bundle import open_bundle
+        from .path_choice import resolve
+
+        backend, precision, why = _click_errors(lambda: resolve(open_bundle(bundle_dir, verify=False), backend,
+                                                                precision))
+        click.echo(f"encoding with {backend} {precision}: {why}", err=True)
     meta = _click_errors(lambda: build_index(
         bundle_dir, videos_dir, out, backend=backend, precision=precision, skip_bad=skip_bad, batch_size=batch_size,
         cache_dir=False if no_cache else cache_dir, dtype=dtype, progress=not no_progress, workers=workers))
@@ -313,7 +330,9 @@ def index_command(bundle_dir, videos_dir, out, backend, precision, dtype, skip_b
 @click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Results per query.")
 @click.option("--bundle", "bundle_dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="Bundle for the text side [default: the one recorded in the index].")
-@click.option("--backend", default="ort-cpu", show_default=True, help="Backend for encoding the query.")
+@click.option("--backend", default="auto", show_default=True,
+              help="Backend for encoding the query (auto: the index's, if it passes its gates here, else the "
+                   "fastest gated one of the index's precision).")
 @click.option("--json", "as_json", is_flag=True,
               help='Print JSON: a list of {"query", "results": [{"rank", "video_id", "score", "path"}]}.')
 def search_command(index_dir, queries, k, bundle_dir, backend, as_json):

@@ -147,7 +147,8 @@ class OpenVINOBackend(Backend):
     def compiled_precision(self, batch: int = 1) -> str:
         """The inference precision the compiled model reports (what OpenVINO actually chose)."""
         compiled, _, _ = self._compiled_for(batch)
-        return str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+        value = compiled.get_property("INFERENCE_PRECISION_HINT")
+        return value.to_string() if hasattr(value, "to_string") else str(value)  # an openvino.Type: "f32", "bf16"
 
     def _infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         batch = int(next(iter(feed.values())).shape[0])

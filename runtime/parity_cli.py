@@ -200,8 +200,11 @@ def render_markdown(report: dict[str, Any], reference_md: str) -> str:
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
 @click.option("--workers", type=click.IntRange(min=0), default=0, help="Video decoding threads.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--skip-unsupported", is_flag=True,
+              help="Exit 0 with a report saying why when the backend / precision cannot run on this machine "
+                   "(e.g. bf16 on a CPU without BF16), instead of failing.")
 def parity_command(bundle_dir, backend, precision, annotations, videos, limit, out_dir, batch_size, threads, workers,
-                   progress):
+                   progress, skip_unsupported):
     """Compare a backend with the PyTorch FP32 reference; non-zero exit on any failure."""
     from .backends import BackendUnavailable
     from .bundle import BundleError, open_bundle
@@ -218,7 +221,16 @@ def parity_command(bundle_dir, backend, precision, annotations, videos, limit, o
             reference = check_reference(bundle, encoder)
             real = (check_real_data(bundle, encoder, annotations, videos, limit, batch_size, threads, progress,
                                     workers) if annotations is not None else None)
-    except (BundleError, BackendUnavailable, OSError, ValueError) as exc:
+    except BackendUnavailable as exc:
+        if not skip_unsupported:
+            raise CannotRun(str(exc)) from exc
+        report = {"command": "parity", "passed": None, "skipped": str(exc), "backend": backend,
+                  "precision": precision, "bundle": {"path": str(Path(bundle_dir).resolve())},
+                  "environment": environment()}
+        write_report(out_dir, "parity", report, f"# Parity: {backend} ({precision}): not run here\n\n{exc}\n")
+        click.echo(f"parity {backend} {precision}: SKIPPED on this machine: {exc}")
+        return
+    except (BundleError, OSError, ValueError) as exc:
         raise CannotRun(str(exc)) from exc
     failures = [f"reference inputs: {f}" for f in reference.failures] + (real or {}).get("failures", [])
     source = (bundle.manifest.get("source_checkpoint") or {}).get("name")

@@ -21,7 +21,7 @@ from runtime.cli import main as cli
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    return export_bundle(tmp_path_factory.mktemp("engine-bundle"), progress=False).bundle
+    return export_bundle(tmp_path_factory.mktemp("engine-bundle"), progress=False, int8=False).bundle
 
 
 def test_batch_profiles_parse_per_graph_and_for_both():

@@ -55,7 +55,7 @@ def shared_bundle(tmp_path_factory) -> Path:
         from export.bundle import export_bundle
 
         out = tmp_path_factory.mktemp("bundle")
-        export_bundle(out, progress=False)
+        export_bundle(out, progress=False, int8=False)
         _SHARED["bundle"] = out
     return _SHARED["bundle"]
 

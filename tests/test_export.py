@@ -22,7 +22,7 @@ from ts2net import TS2NetConfig
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory):
     out = tmp_path_factory.mktemp("bundle")
-    return export_bundle(out, progress=False)
+    return export_bundle(out, progress=False, int8=False)  # INT8 graphs: tests/test_openvino.py
 
 
 def test_bundle_files_and_checksums(tiny_bundle):
@@ -107,7 +107,7 @@ def test_official_checkpoint_through_cli(tmp_path):
     ckpt = tmp_path / "pytorch_model.bin.2"
     torch.save(official_state_dict(random_model(cfg)), ckpt)
     result = CliRunner().invoke(cli, ["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "b"),
-                                      "--max-frames", "8"])
+                                      "--max-frames", "8", "--no-int8"])
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert manifest["valid"] and manifest["similarity"]["frame_mask_mode"] == "official"
@@ -212,7 +212,7 @@ def test_meanp_baseline_exports_and_validates(tmp_path):
                        token_shift=False)
     ckpt = tmp_path / "pytorch_model.bin.0"
     torch.save(official_state_dict(random_model(cfg)), ckpt)
-    result = CliRunner().invoke(cli, ["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "b")])
+    result = CliRunner().invoke(cli, ["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "b"), "--no-int8"])
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert manifest["valid"] and manifest["model"]["sim_header"] == "meanP"
