@@ -35,9 +35,7 @@ def _quantize_nncf_onnx(fp32: Path, out: Path, feeds: list[dict[str, np.ndarray]
     import onnx
 
     model = onnx.load(str(fp32))
-    ignored = nncf.IgnoredScope(patterns=[f".*{s.strip('/')}.*" for s in int8.FLOAT_SCOPES], validate=False)
-    quantized = nncf.quantize(model, nncf.Dataset(feeds), model_type=nncf.ModelType.TRANSFORMER,
-                              subset_size=len(feeds), ignored_scope=ignored)
+    quantized = nncf.quantize(model, nncf.Dataset(feeds), subset_size=len(feeds), **int8.nncf_recipe())
     onnx.save(quantized, str(out))
     return out
 

@@ -188,18 +188,24 @@ def test_quantize_command_calibrates_on_given_videos_and_captions(bundle_dir, tm
     for i in range(3):
         write_mp4(videos / f"c{i}.mp4", frames=20 + 5 * i, seed=10 + i)
     captions = tmp_path / "captions.txt"
-    captions.write_text("a red square moves left\n\na small blue circle blinks\na green triangle grows\n")
+    lines = [f"a {size} {colour} {shape} {motion}" for size in ("small", "large") for colour in ("red", "blue", "green")
+             for shape in ("square", "circle") for motion in ("moves left", "grows")]
+    captions.write_text("\n".join(lines[:12]) + "\n\n" + "\n".join(lines[12:]) + "\n")
     result = CliRunner().invoke(quantize_command, ["--bundle", str(copy), "--calibration-videos", str(videos),
                                                    "--calibration-captions", str(captions)])
     assert result.exit_code == 0, result.output
-    assert "int8_openvino (openvino): PASS" in result.output and "frame cos min" in result.output
+    assert "int8 (onnxruntime-cpu): PASS" in result.output and "frame cos min" in result.output
     manifest = json.loads((copy / "manifest.json").read_text())
     video, text = manifest["graphs"]["video"]["int8"], manifest["graphs"]["text"]["int8"]
-    assert video["calibration"]["items"] == 3 and text["calibration"]["items"] == 3
+    assert video["calibration"]["items"] == 3 and text["calibration"]["items"] == len(lines)  # blank line dropped
     expected = q.load_calibration(open_bundle(copy), videos, captions, progress=False).sha256
     assert video["calibration"]["sha256"] == expected == text["calibration"]["sha256"]
     assert str(videos) in video["calibration"]["videos_source"]
-    open_bundle(copy)  # every new file matches its checksum
+    # 3 videos are a thin calibration set: whichever way the IR's gate goes, the manifest must follow it
+    ir_row = manifest["parity"]["int8_openvino"]
+    assert f"int8_openvino (openvino): {'PASS' if ir_row['passed'] else 'FAIL'}" in result.output
+    assert ("openvino_ir" in video) == ir_row["passed"] == (copy / "video.int8.xml").is_file()
+    open_bundle(copy)  # every listed file matches its checksum
 
 
 def test_calibration_refuses_an_empty_folder_and_captions_file(bundle, tmp_path):
