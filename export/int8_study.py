@@ -183,11 +183,16 @@ def render_markdown(report: dict[str, Any]) -> str:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("reports/int8-methods"))
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--iters", type=click.IntRange(min=1), default=8, show_default=True)
-def main(bundle_dir, out_dir, threads, iters):
+@click.option("--recipes", default=",".join(RECIPES), show_default=True, help="Comma-separated subset of the recipes.")
+def main(bundle_dir, out_dir, threads, iters, recipes):
     """Quantize a bundle with every INT8 recipe and measure speed and gate figures in one run."""
     from runtime.reports import write_report
 
-    report = run_study(bundle_dir, threads=threads, iters=iters)
+    chosen = tuple(r.strip() for r in recipes.split(",") if r.strip())
+    unknown = [r for r in chosen if r not in RECIPES]
+    if unknown or not chosen:
+        raise click.BadParameter(f"{unknown or recipes!r}: expected a subset of {list(RECIPES)}", param_hint="--recipes")
+    report = run_study(bundle_dir, threads=threads, iters=iters, recipes=chosen)
     markdown = render_markdown(report)
     paths = write_report(out_dir, "int8-methods", report, markdown)
     click.echo(markdown)

@@ -200,11 +200,14 @@ def render_markdown(report: dict[str, Any], reference_md: str) -> str:
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
 @click.option("--workers", type=click.IntRange(min=0), default=0, help="Video decoding threads.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--record/--no-record", default=True, show_default=True,
+              help="With --csv/--videos: record the real-data gate outcome in the bundle's manifest, so `ts2net "
+                   "index` / `search` never default to a path that failed on real data.")
 @click.option("--skip-unsupported", is_flag=True,
               help="Exit 0 with a report saying why when the backend / precision cannot run on this machine "
                    "(e.g. bf16 on a CPU without BF16), instead of failing.")
 def parity_command(bundle_dir, backend, precision, annotations, videos, limit, out_dir, batch_size, threads, workers,
-                   progress, skip_unsupported):
+                   progress, record, skip_unsupported):
     """Compare a backend with the PyTorch FP32 reference; non-zero exit on any failure."""
     from .backends import BackendUnavailable
     from .bundle import BundleError, open_bundle
@@ -245,6 +248,13 @@ def parity_command(bundle_dir, backend, precision, annotations, videos, limit, o
     if real is not None:
         real.pop("markdown", None)
     json_path, md_path = write_report(out_dir, "parity", report, markdown)
+    if real is not None and record and "retrieval" in real:
+        from .gate_record import record_real_data_gate
+
+        try:
+            record_real_data_gate(bundle.path, backend, row, real)
+        except OSError as exc:  # a read-only bundle: the report still has every figure
+            click.echo(f"note: could not record the real-data gate in {bundle.path} ({exc})", err=True)
     click.echo(f"parity {backend} {row}: {'PASS' if not failures else 'FAIL'} "
                f"({len(failures)} failure(s)); report: {json_path}, {md_path}")
     for failure in failures:

@@ -3,8 +3,8 @@
 Gates are the bundle's own export-time parity rows (manifest ``parity``): FP32 graphs are always
 gated (a bundle is only valid if they pass); int8 is gated if its graphs are listed (a failing
 form is never listed) and its row passed; bf16 if its row passed at export *and* this CPU reports
-BF16 to OpenVINO. The real-data gates (``ts2net parity --csv --videos``) are the user's check on
-their own data; `make demo` runs them on the benchmark.
+BF16 to OpenVINO. A path whose real-data gates (``ts2net parity --csv --videos``, recorded in the
+manifest by runtime/gate_record.py) failed is excluded; `make demo` runs them on the benchmark.
 
 Speed order (fastest first) is the one measured by `ts2net bench` on the ViT-B/32-shaped bundle
 (docs/openvino.md): OpenVINO INT8 < OpenVINO BF16 < ONNX Runtime INT8 < OpenVINO FP32 ~ ONNX Runtime
@@ -25,7 +25,14 @@ def _passed(manifest: dict[str, Any], key: str) -> bool:
 
 
 def gated_precisions(bundle) -> set[tuple[str, str]]:
-    """Every (backend, precision) that passed its gates for this bundle and can run on this machine."""
+    """Every (backend, precision) that passed its gates for this bundle and can run on this machine
+    (and did not fail a real-data run recorded by `ts2net parity --csv --videos`)."""
+    from .gate_record import real_data_failed
+
+    return {path for path in _reference_gated(bundle) if not real_data_failed(bundle.manifest, *path)}
+
+
+def _reference_gated(bundle) -> set[tuple[str, str]]:
     from .openvino_backend import precision_status
 
     manifest = bundle.manifest
