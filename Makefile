@@ -1,6 +1,6 @@
 # ts2net-deploy: the user's entry points. Every target installs what it needs (make setup).
 PYTHON ?= python3
-TS2NET  = $(PYTHON) -m runtime.cli
+TS2NET  = $(PYTHON) -m cli
 STAMP   = .cache/setup.stamp
 
 # make export [CKPT=path] [CLIP=path] [BPE=path] [OUT=bundles/default] [MAX_FRAMES=] [MAX_WORDS=] [FRAME_MASK=]
@@ -53,19 +53,21 @@ bench: setup
 # The whole product on the embedded default model: benchmark test split (generated if absent),
 # export + validation (FP32, FP16, INT8 graphs; bf16 row), runtime parity (FP32, FP16 on the reference; bf16
 # and int8 also on the 1,000-clip test split against FP32), evaluation (FP32), latency of every backend and
-# precision next to PyTorch eager FP32 / BF16 autocast, one summary.
+# precision next to PyTorch eager FP32 / BF16 autocast, one summary. A bf16 / int8 gate that fails on the
+# test split does not stop the demo (its figures are in the summary, and the failure is recorded in the
+# bundle so `ts2net index` / `search` do not default to that path).
 demo: setup
-	$(PYTHON) -m ts2net.synthbench --out $(DATA) --splits test --test 1000
+	$(TS2NET) synthbench --out $(DATA) --splits test --test 1000
 	$(TS2NET) export --out $(DEMO_BUNDLE)
 	$(TS2NET) parity --bundle $(DEMO_BUNDLE) --backend ort-cpu --precision fp32 --out $(DEMO_REPORTS)/parity-fp32
 	$(TS2NET) parity --bundle $(DEMO_BUNDLE) --backend ort-cpu --precision fp16 --out $(DEMO_REPORTS)/parity-fp16
-	$(TS2NET) parity --bundle $(DEMO_BUNDLE) --backend openvino --precision bf16 --skip-unsupported \
+	-$(TS2NET) parity --bundle $(DEMO_BUNDLE) --backend openvino --precision bf16 --skip-unsupported \
 		--csv $(DATA)/test.csv --videos $(DATA)/videos --no-progress --out $(DEMO_REPORTS)/parity-bf16
-	$(TS2NET) parity --bundle $(DEMO_BUNDLE) --backend openvino --precision int8 \
+	-$(TS2NET) parity --bundle $(DEMO_BUNDLE) --backend openvino --precision int8 \
 		--csv $(DATA)/test.csv --videos $(DATA)/videos --no-progress --out $(DEMO_REPORTS)/parity-int8
 	$(TS2NET) eval --bundle $(DEMO_BUNDLE) --csv $(DATA)/test.csv --videos $(DATA)/videos --out $(DEMO_REPORTS)/eval
 	$(TS2NET) bench --bundle $(DEMO_BUNDLE) --batch-sizes 1,8 --out $(DEMO_REPORTS)/bench
-	$(PYTHON) -m runtime.summary --bundle $(DEMO_BUNDLE) --reports $(DEMO_REPORTS) --ablations ts2net/demo/ablations.json
+	$(TS2NET) summary --bundle $(DEMO_BUNDLE) --reports $(DEMO_REPORTS) --ablations ts2net/demo/ablations.json
 
 # Reproduce the shipped demo model and its ablations (same data, seed and budget for each variant).
 DEMO_EPOCHS ?= 10
@@ -85,7 +87,7 @@ ABLATION_NAME_selection = +selection
 VARIANTS = full baseline shift selection
 
 runs/%/model.safetensors:
-	$(PYTHON) -m ts2net.train $(TRAIN_ARGS) --out runs/$* $(SET_$*)
+	$(TS2NET) train $(TRAIN_ARGS) --out runs/$* $(SET_$*)
 
 reports/ablations/%/done: runs/%/model.safetensors
 	$(TS2NET) export --checkpoint runs/$* --out bundles/ablation-$*
@@ -94,13 +96,13 @@ reports/ablations/%/done: runs/%/model.safetensors
 	touch $@
 
 train-demo: data $(foreach v,$(VARIANTS),reports/ablations/$(v)/done)
-	$(PYTHON) -m runtime.summary collect-ablations --out ts2net/demo/ablations.json \
+	$(TS2NET) summary collect-ablations --out ts2net/demo/ablations.json \
 		$(foreach v,$(VARIANTS),"$(ABLATION_NAME_$(v))=$$(ls -t reports/ablations/$(v)/eval-*.json | head -1),runs/$(v)/train_summary.json")
 	mkdir -p ts2net/demo && cp runs/full/model.safetensors runs/full/config.json runs/full/tokenizer.json ts2net/demo/
 
 # Benchmark data: test split (1k-A style) + train/val splits for training the demo model.
 data: setup
-	$(PYTHON) -m ts2net.synthbench --out $(DATA) --train 3000 --val 200 --test 1000
+	$(TS2NET) synthbench --out $(DATA) --train 3000 --val 200 --test 1000
 
 clean:
 	rm -rf bundles .cache .pytest_cache

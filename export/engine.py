@@ -8,18 +8,16 @@ itself needs TensorRT and a GPU, and their absence is a clear error that leaves 
 """
 from __future__ import annotations
 
-import shutil
-import subprocess
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runtime.bundle_format import GRAPHS, TIMING_CACHE_FILE, engine_file, file_entry
+
 from . import manifest as mf
 
-GRAPHS = ("text", "video")
 SUPPORTED_TRT_MAJOR = (10, 11)
-INSTALL_HINT = ("install TensorRT 10.x or 11.x with its Python bindings and Polygraphy "
-                "(pip install 'ts2net-deploy[tensorrt]' installs NVIDIA's wheels; they need a CUDA driver)")
 
 
 class EngineBuildError(RuntimeError):
@@ -64,32 +62,29 @@ def input_shapes(graph_entry: dict[str, Any], batch: int) -> dict[str, tuple[int
 
 
 def gpu_facts() -> dict[str, str]:
-    """Name and compute capability of GPU 0 (nvidia-smi ships with every NVIDIA driver)."""
-    if shutil.which("nvidia-smi") is None:
-        raise EngineBuildError("no NVIDIA GPU driver found (nvidia-smi is missing): TensorRT engines are built "
-                               "on the GPU that will run them")
-    query = subprocess.run(["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader"],
-                           capture_output=True, text=True, check=False)
-    line = query.stdout.strip().splitlines()[0] if query.returncode == 0 and query.stdout.strip() else ""
-    if not line:
-        raise EngineBuildError(f"nvidia-smi found no GPU ({query.stderr.strip() or 'no output'})")
-    name, capability = (part.strip() for part in line.split(",", 1))
-    return {"name": name, "compute_capability": capability}
+    """Name and compute capability of GPU 0 (the project's one GPU probe, `runtime.gpu.gpus`)."""
+    from runtime import gpu
+
+    found = gpu.gpus()
+    if not found:
+        raise EngineBuildError("no NVIDIA GPU is visible (nvidia-smi is missing or found none, and the CUDA driver "
+                               "library found none): TensorRT engines are built on the GPU that will run them")
+    return {"name": found[0]["name"], "compute_capability": found[0]["compute_capability"]}
 
 
 def import_tensorrt():
-    try:
-        import tensorrt as trt  # noqa: F401
-    except ImportError as exc:
-        raise EngineBuildError(f"TensorRT is not installed ({exc}); {INSTALL_HINT}") from exc
+    """The tensorrt module, checked by the project's one TensorRT import check plus the major version."""
+    from runtime.gpu import tensorrt_status
+
+    version, reason = tensorrt_status()
+    if version is None:
+        raise EngineBuildError(reason)
+    import tensorrt as trt
+
     major = int(trt.__version__.split(".")[0])
     if major not in SUPPORTED_TRT_MAJOR:
         raise EngineBuildError(f"TensorRT {trt.__version__} found; engines need TensorRT "
                                f"{' or '.join(map(str, SUPPORTED_TRT_MAJOR))}.x")
-    try:
-        import polygraphy  # noqa: F401
-    except ImportError as exc:
-        raise EngineBuildError(f"Polygraphy is not installed ({exc}); pip install polygraphy") from exc
     return trt
 
 
@@ -118,31 +113,48 @@ def build_engine(onnx_path: Path, graph_entry: dict[str, Any], profile: BatchPro
     tmp.replace(plan_path)
 
 
+def _open_verified(bundle: Path) -> tuple[dict[str, Any], dict[str, Path]]:
+    """(a copy of the manifest, FP16 graph path per graph), read through the verifying reader.
+
+    The schema is checked and each FP16 graph (and its external data) is checked against its sha256
+    before anything is built, so an engine is never built from a swapped or truncated graph.
+    """
+    from runtime.bundle import BundleError, open_bundle
+
+    try:
+        opened = open_bundle(bundle, verify=False, allow_invalid=True)
+        if not opened.valid:
+            raise EngineBuildError(f"{bundle}: the bundle is marked invalid (FP32 validation failed); "
+                                   "re-export it first")
+        sources = {graph: opened.graph_path(graph, "fp16") for graph in GRAPHS}
+    except BundleError as exc:
+        raise EngineBuildError(str(exc)) from exc
+    return copy.deepcopy(dict(opened.manifest)), sources
+
+
 def build_engines(bundle: str | Path, profiles: dict[str, BatchProfile] | None = None, workspace_mb: int | None = None,
                   timing_cache: str | Path | None = None, optimization_level: int | None = None,
                   progress: bool = True) -> dict[str, Any]:
     """Build `text.plan` and `video.plan`; record the build facts in the manifest. Returns the entries."""
     bundle = Path(bundle)
-    manifest = mf.read_manifest(bundle)
-    if not manifest.get("valid"):
-        raise EngineBuildError(f"{bundle}: the bundle is marked invalid (FP32 validation failed); re-export it first")
+    manifest, sources = _open_verified(bundle)
     profiles = profiles or dict(DEFAULT_PROFILES)
     # preflight before touching anything: TensorRT, Polygraphy, GPU
     trt = import_tensorrt()
     gpu = gpu_facts()
-    cache = Path(timing_cache) if timing_cache else bundle / "timing.cache"
+    cache = Path(timing_cache) if timing_cache else bundle / TIMING_CACHE_FILE
     entries = {}
     from tqdm import tqdm
 
     for graph in tqdm(GRAPHS, desc="engines", disable=not progress):
         fp16 = manifest["graphs"][graph]["fp16"]
-        plan = bundle / f"{graph}.plan"
-        build_engine(bundle / fp16["file"], fp16, profiles[graph], plan, workspace_mb, cache, optimization_level)
-        entries[graph] = mf.file_entry(bundle, plan.name, precision="fp16 (strongly typed from the FP16 graph)",
-                                       built_from=fp16["file"], tensorrt_version=trt.__version__, gpu=gpu,
-                                       profile=profiles[graph].to_manifest(), inputs=fp16["inputs"],
-                                       outputs=fp16["outputs"], builder_optimization_level=optimization_level,
-                                       workspace_mb=workspace_mb, timing_cache=str(cache))
+        plan = bundle / engine_file(graph)
+        build_engine(sources[graph], fp16, profiles[graph], plan, workspace_mb, cache, optimization_level)
+        entries[graph] = file_entry(bundle, plan.name, precision="fp16 (strongly typed from the FP16 graph)",
+                                    built_from=fp16["file"], tensorrt_version=trt.__version__, gpu=gpu,
+                                    profile=profiles[graph].to_manifest(), inputs=fp16["inputs"],
+                                    outputs=fp16["outputs"], builder_optimization_level=optimization_level,
+                                    workspace_mb=workspace_mb, timing_cache=str(cache))
     manifest["engines"] = entries
     mf.write_manifest(bundle, manifest)
     return entries

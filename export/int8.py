@@ -29,11 +29,12 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import onnx
 
+from runtime.bundle_format import PARITY_INT8_OPENVINO, file_entry, graph_file, openvino_ir_files
 from runtime.files import npz_bytes
 from runtime.parity import ParityResult, compare_outputs
 
@@ -47,8 +48,6 @@ ONNX_MODES = ("dynamic", "static")
 DEFAULT_ONNX_MODE = "dynamic"
 DEFAULT_CALIBRATION_VIDEOS = 16
 DEFAULT_CALIBRATION_CAPTIONS = 64
-# the embedded benchmark's validation split (seed 0): disjoint from the test split the demo evaluates on
-DEFAULT_CALIBRATION_SPLIT = "val"
 QUANTIZED_ONNX_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
                                 "ConvInteger", "QLinearMatMul", "QLinearConv", "DynamicQuantizeMatMul",
                                 "MatMulIntegerToFloat"})
@@ -114,29 +113,22 @@ def read_captions(path: Path) -> list[str]:
     return captions
 
 
-def _embedded_benchmark(count: int, workdir: Path, progress: bool) -> tuple[list[Path], list[str], dict[str, Any]]:
-    """Render `count` clips of the embedded benchmark's validation split; (paths, captions, source)."""
-    from ts2net.synthbench import generate_dataset, load_annotations
-
-    generate_dataset(workdir, seed=0, n_train=0, n_val=count, n_test=0, splits=(DEFAULT_CALIBRATION_SPLIT,),
-                     progress=progress)
-    annotations = load_annotations(workdir)
-    pairs = annotations[DEFAULT_CALIBRATION_SPLIT]
-    videos = sorted({v for v, _ in pairs})
-    return ([annotations.video_path(v) for v in videos], [c for _, c in pairs],
-            {"source": f"embedded benchmark (ts2net.synthbench seed 0, {DEFAULT_CALIBRATION_SPLIT} split, "
-                       f"{len(videos)} clips rendered at export)"})
+#: (count, workdir) -> (video paths, captions, description): real clips to calibrate on when the user
+#: gives none. The command line hands in the embedded benchmark (cli/calibration.py); the export
+#: package does not import the benchmark generator (docs/architecture.md).
+CalibrationSource = Callable[[int, Path], "tuple[list[Path], list[str], str]"]
 
 
 def load_calibration(bundle, videos: Path | None = None, captions: Path | None = None,
                      max_videos: int = DEFAULT_CALIBRATION_VIDEOS, max_captions: int = DEFAULT_CALIBRATION_CAPTIONS,
-                     progress: bool = True) -> CalibrationSet:
+                     progress: bool = True, default_source: CalibrationSource | None = None) -> CalibrationSet:
     """Decode calibration videos and tokenize captions with the bundle's own preprocessing.
 
     videos: a folder of video files (the first `max_videos` in name order are used); captions: a
-    file for `read_captions`. Whatever is not given comes from the embedded benchmark (rendered
-    into a temporary folder), so an export without arguments still calibrates on real decoded
-    frames and real captions. A video that cannot be decoded is an error, never skipped silently.
+    file for `read_captions`. Whatever is not given comes from `default_source` (the command line's
+    is the embedded benchmark, rendered into a temporary folder), so an export without arguments
+    still calibrates on real decoded frames and real captions. A video that cannot be decoded is an
+    error, never skipped silently.
     """
     from runtime.encoder import decode_videos
 
@@ -145,9 +137,13 @@ def load_calibration(bundle, videos: Path | None = None, captions: Path | None =
         paths: list[Path] = []
         bench_captions: list[str] = []
         if videos is None or captions is None:
-            bench_paths, bench_captions, bench_source = _embedded_benchmark(max_videos, Path(tmp), progress)
+            if default_source is None:
+                raise CalibrationError("INT8 calibration needs real videos and captions: pass --calibration-videos "
+                                       "DIR and --calibration-captions FILE (`ts2net export` / `ts2net quantize` "
+                                       "default to the embedded benchmark)")
+            bench_paths, bench_captions, description = default_source(max_videos, Path(tmp))
             if videos is None:
-                paths, source["videos_source"] = bench_paths, bench_source["source"]
+                paths, source["videos_source"] = bench_paths, description
         if videos is not None:
             folder = Path(videos)
             if not folder.is_dir():
@@ -159,8 +155,7 @@ def load_calibration(bundle, videos: Path | None = None, captions: Path | None =
                                        ".mov, .m4v)")
             source["videos_source"] = f"{folder} (first {len(paths)} video files by name)"
         text = read_captions(captions) if captions is not None else bench_captions
-        source["captions_source"] = (f"{captions}" if captions is not None else "embedded benchmark captions of the "
-                                     "same clips")
+        source["captions_source"] = f"{captions}" if captions is not None else "the captions of the same clips"
         text = text[:max_captions]
         frames, masks = [], []
         for batch in decode_videos(bundle, paths, batch_size=8, progress=progress):
@@ -290,12 +285,6 @@ def bf16_parity(bundle_dir: Path, ref: dict[str, np.ndarray], similarity_args: d
 
 
 # ------------------------------------------------------------------------------ the bundle step
-def _file_entry(bundle: Path, name: str, **extra: Any) -> dict[str, Any]:
-    from runtime.files import sha256_file
-
-    return {"file": name, "sha256": sha256_file(bundle / name), "bytes": (bundle / name).stat().st_size, **extra}
-
-
 def quantize_bundle(bundle_dir: Path, manifest: dict[str, Any], calibration: CalibrationSet,
                     ref: dict[str, np.ndarray], onnx_mode: str = DEFAULT_ONNX_MODE, openvino_ir: bool = True,
                     progress: bool = True) -> dict[str, Any]:
@@ -330,13 +319,13 @@ def quantize_bundle(bundle_dir: Path, manifest: dict[str, Any], calibration: Cal
         feeds = calibration.feeds(graph)
         bar.set_postfix_str(f"{graph} onnxruntime {onnx_mode}")
         start = time.perf_counter()
-        onnx_files[graph] = quantize_onnx(fp32, bundle_dir / f"{graph}.int8.onnx", onnx_mode, feeds)
+        onnx_files[graph] = quantize_onnx(fp32, bundle_dir / graph_file(graph, "int8"), onnx_mode, feeds)
         seconds[f"{graph} onnxruntime {onnx_mode}"] = round(time.perf_counter() - start, 3)
         bar.update()
         if openvino_ir:
             bar.set_postfix_str(f"{graph} nncf")
             start = time.perf_counter()
-            ir_files[graph] = quantize_nncf(fp32, bundle_dir / f"{graph}.int8.xml", feeds)
+            ir_files[graph] = quantize_nncf(fp32, bundle_dir / openvino_ir_files(graph)[0], feeds)
             seconds[f"{graph} nncf openvino ir"] = round(time.perf_counter() - start, 3)
             bar.update()
     bar.close()
@@ -349,9 +338,9 @@ def quantize_bundle(bundle_dir: Path, manifest: dict[str, Any], calibration: Cal
     if openvino_ir:
         ir_parity = reference_parity(ref, run_openvino(ir_files["text"], text_feed),
                                      run_openvino(ir_files["video"], video_feed), "int8", sim_args)
-        parity["int8_openvino"] = {"backend": "openvino", "graphs": "*.int8.xml (nncf)", **ir_parity.to_dict()}
+        parity[PARITY_INT8_OPENVINO] = {"backend": "openvino", "graphs": "*.int8.xml (nncf)", **ir_parity.to_dict()}
     elif ir_unavailable:
-        parity["int8_openvino"] = {"backend": "openvino", "precision": "int8", "passed": None,
+        parity[PARITY_INT8_OPENVINO] = {"backend": "openvino", "precision": "int8", "passed": None,
                                    "skipped": ir_unavailable}
 
     def remove(paths: Iterable[Path]) -> None:
@@ -374,7 +363,7 @@ def quantize_bundle(bundle_dir: Path, manifest: dict[str, Any], calibration: Cal
             continue
         fp32_entry = manifest["graphs"][graph]["fp32"]
         model = onnx.load(str(onnx_files[graph]), load_external_data=False)
-        entry = _file_entry(bundle_dir, onnx_files[graph].name, precision="int8",
+        entry = file_entry(bundle_dir, onnx_files[graph].name, precision="int8",
                             opset=next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
                             inputs=fp32_entry["inputs"], outputs=fp32_entry["outputs"],
                             dynamic_axes=fp32_entry.get("dynamic_axes", ["batch"]),
@@ -386,7 +375,7 @@ def quantize_bundle(bundle_dir: Path, manifest: dict[str, Any], calibration: Cal
                             calibration=calibration.manifest_entry(graph))
         if keep_ir:
             xml = ir_files[graph]
-            entry["openvino_ir"] = _file_entry(bundle_dir, xml.name, weights=_file_entry(bundle_dir, xml.with_suffix(
+            entry["openvino_ir"] = file_entry(bundle_dir, xml.name, weights=file_entry(bundle_dir, xml.with_suffix(
                 ".bin").name), tool="nncf.quantize (OpenVINO backend, ModelType.TRANSFORMER, PERFORMANCE preset: symmetric "
                 "activations, SmoothQuant off, per-channel weights)",
                 calibration=calibration.manifest_entry(graph))
@@ -397,7 +386,7 @@ def quantize_bundle(bundle_dir: Path, manifest: dict[str, Any], calibration: Cal
 def add_int8_to_bundle(bundle_dir: Path, videos: Path | None = None, captions: Path | None = None,
                        onnx_mode: str = DEFAULT_ONNX_MODE, openvino_ir: bool = True,
                        max_videos: int = DEFAULT_CALIBRATION_VIDEOS, max_captions: int = DEFAULT_CALIBRATION_CAPTIONS,
-                       progress: bool = True) -> dict[str, Any]:
+                       progress: bool = True, default_source: CalibrationSource | None = None) -> dict[str, Any]:
     """`ts2net quantize`: (re)make the INT8 graphs of an existing bundle and rewrite its manifest."""
     from runtime.bundle import open_bundle
 
@@ -405,7 +394,7 @@ def add_int8_to_bundle(bundle_dir: Path, videos: Path | None = None, captions: P
 
     bundle = open_bundle(bundle_dir)
     manifest = json.loads(json.dumps(bundle.manifest))
-    calibration = load_calibration(bundle, videos, captions, max_videos, max_captions, progress)
+    calibration = load_calibration(bundle, videos, captions, max_videos, max_captions, progress, default_source)
     outcome = quantize_bundle(Path(bundle_dir), manifest, calibration, bundle.reference(), onnx_mode, openvino_ir,
                               progress)
     manifest["parity"].update(outcome["parity"])

@@ -1,6 +1,6 @@
 """Which INT8 recipe to ship: NNCF vs ONNX Runtime quantization, static QDQ vs dynamic, measured in one run.
 
-`python -m export.int8_study --bundle B --out reports/int8-methods` quantizes the bundle's FP32
+`ts2net int8-study --bundle B --out reports/int8-methods` (cli/int8_study.py) quantizes the bundle's FP32
 graphs with every candidate recipe (same calibration set), times each resulting graph on every
 runtime that can run it (ONNX Runtime CPU, OpenVINO CPU; batch 1, fixed threads, median of
 `--iters` runs after warm-up) next to the FP32 graph, and computes the int8 gate figures on the
@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-import click
 import numpy as np
 
 from . import int8
@@ -72,13 +72,14 @@ def _median_ms(run: Callable[[dict], None], feed: dict, warmup: int, iters: int)
 
 
 def run_study(bundle_dir: Path, threads: int = 2, warmup: int = 2, iters: int = 8, progress: bool = True,
-              recipes: tuple[str, ...] = RECIPES) -> dict[str, Any]:
+              recipes: tuple[str, ...] = RECIPES, calibration_source: int8.CalibrationSource | None = None
+              ) -> dict[str, Any]:
     from runtime.bundle import open_bundle
     from runtime.reports import environment
 
     bundle = open_bundle(bundle_dir)
     ref = bundle.reference()
-    calibration = int8.load_calibration(bundle, progress=progress)
+    calibration = int8.load_calibration(bundle, progress=progress, default_source=calibration_source)
     text_feed = {"input_ids": ref["input_ids"][:1]}
     video_feed = {"frames": ref["frames"][:1], "frame_mask": ref["frame_mask"][:1]}
     full_text, full_video = {"input_ids": ref["input_ids"]}, {"frames": ref["frames"], "frame_mask": ref["frame_mask"]}
@@ -135,7 +136,7 @@ def run_study(bundle_dir: Path, threads: int = 2, warmup: int = 2, iters: int = 
                     row["gates"][runtime] = {"passed": False, "failures": [f"{type(exc).__name__}: {exc}"[:300]]}
             rows.append(row)
             if progress:
-                click.echo(f"{recipe}: {json.dumps(row['latency_ms'])}", err=True)
+                print(f"{recipe}: {json.dumps(row['latency_ms'])}", file=sys.stderr, flush=True)
     return {"command": "int8-study", "bundle": str(Path(bundle_dir).resolve()), "model": bundle.model.get("name"),
             "threads": threads, "warmup": warmup, "iters": iters, "load_average_at_start": load,
             "load_average_at_end": os.getloadavg()[0], "calibration": calibration.manifest_entry("video"),
@@ -176,28 +177,3 @@ def render_markdown(report: dict[str, Any]) -> str:
     if errors:
         lines += ["", "Errors:", *errors]
     return "\n".join(lines) + "\n"
-
-
-@click.command()
-@click.option("--bundle", "bundle_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("reports/int8-methods"))
-@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True)
-@click.option("--iters", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--recipes", default=",".join(RECIPES), show_default=True, help="Comma-separated subset of the recipes.")
-def main(bundle_dir, out_dir, threads, iters, recipes):
-    """Quantize a bundle with every INT8 recipe and measure speed and gate figures in one run."""
-    from runtime.reports import write_report
-
-    chosen = tuple(r.strip() for r in recipes.split(",") if r.strip())
-    unknown = [r for r in chosen if r not in RECIPES]
-    if unknown or not chosen:
-        raise click.BadParameter(f"{unknown or recipes!r}: expected a subset of {list(RECIPES)}", param_hint="--recipes")
-    report = run_study(bundle_dir, threads=threads, iters=iters, recipes=chosen)
-    markdown = render_markdown(report)
-    paths = write_report(out_dir, "int8-methods", report, markdown)
-    click.echo(markdown)
-    click.echo(f"report: {paths[0]}, {paths[1]}")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,6 @@
 """One declarative spec per exported sub-graph (names, dtypes, named dynamic axes, examples).
 
-The I/O contract of the design lives here and nowhere else: export, the FP16 pass, the checker,
+The I/O contract (docs/bundle-format.md) lives here and nowhere else: export, the FP16 pass, the checker,
 validation and the manifest all read these specs.
 """
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """The PyTorch eager baseline of a bundle's model, for `ts2net bench` (imports torch, so it lives here).
 
-`runtime.bench` loads this module only when torch is importable; the runtime itself never
-imports torch. A baseline is only a baseline of *this* bundle if it is the same model, so the
-model is checked against the bundle's reference outputs (FP32 parity row) before it is timed:
-a wrong --torch-checkpoint is refused instead of producing a meaningless speed ratio.
+The command line (cli/bench.py) hands `baseline_loader(...)` to `runtime.benchmark.run_bench` when torch
+is importable; the runtime itself never imports torch or this package. A baseline is only a baseline
+of *this* bundle if it is the same model, so the model is checked against the bundle's reference
+outputs (FP32 parity row) before it is timed: a wrong --torch-checkpoint is refused instead of
+producing a meaningless speed ratio.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def _model_for(bundle, checkpoint: str | Path | None) -> tuple[ts2net.TS2Net, st
     if checkpoint is not None:
         overrides = {k: manifest_model[k] for k in _OVERRIDABLE if k in manifest_model}
         return ts2net.load_model(checkpoint, **overrides), f"checkpoint {checkpoint}"
-    from .bundle import default_model
+    from .exporter import default_model
 
     source = bundle.manifest.get("source_checkpoint") or {}
     model, default_source, _ = default_model()
@@ -134,3 +135,30 @@ def matmul_peak(sizes: tuple[int, ...], threads: int | None = None, min_runs: in
     return {"library": f"torch {torch.__version__} matmul (CPU)", "dtype": str(torch_dtype).split(".")[-1],
             "threads": threads,
             "gflops_by_size": per_size, "best_gflops": max(per_size.values())}
+
+
+class EagerBaseline:
+    """The `runtime.benchmark.Baseline` shape around a verified eval-mode model."""
+
+    def __init__(self, model: ts2net.TS2Net):
+        self.model = model
+
+    def plans(self, precisions, compiled: bool = False) -> list[tuple[str, str]]:
+        return torch_plans(precisions, compiled)
+
+    def matmul_peak(self, sizes: tuple[int, ...], threads: int | None, dtype: str = "fp32") -> dict[str, Any]:
+        return matmul_peak(sizes, threads, dtype=dtype)
+
+    def runner(self, graph: str, threads: int | None, precision: str = "fp32", compiled: bool = False) -> TorchRunner:
+        return TorchRunner(self.model, graph, threads, precision=precision, compiled=compiled)
+
+
+def baseline_loader(checkpoint: str | Path | None = None):
+    """(bundle, threads) -> (EagerBaseline, description), or (None, why no matching model can be built)."""
+    def load(bundle, threads):
+        try:
+            model, description = load_baseline_model(bundle, checkpoint)
+        except TorchBaselineUnavailable as exc:
+            return None, str(exc)
+        return EagerBaseline(model), description
+    return load

@@ -19,6 +19,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from .bundle import Bundle, BundleError, open_bundle
+from .gpu import tensorrt_status
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +28,6 @@ BACKENDS = ("ort-cpu", "ort-cuda", "tensorrt", "openvino")
 BACKEND_PRECISIONS = {"ort-cpu": ("fp32", "fp16", "int8"), "ort-cuda": ("fp32", "fp16", "int8"),
                       "tensorrt": ("fp16",), "openvino": ("fp32", "bf16", "int8")}
 
-TENSORRT_INSTALL_HINT = ("install NVIDIA's wheels with `pip install 'ts2net-deploy[tensorrt]'` (tensorrt + polygraphy; "
-                         "see README), on a Linux/Windows machine with an NVIDIA GPU and driver")
 ORT_GPU_INSTALL_HINT = ("install `onnxruntime-gpu` instead of `onnxruntime` (pip uninstall onnxruntime; "
                         "pip install 'ts2net-deploy[gpu]'), with the CUDA and cuDNN versions it was built for")
 
@@ -215,7 +214,7 @@ def ort_cuda_status() -> tuple[bool, str]:
     if "CUDAExecutionProvider" not in providers:
         return False, (f"the installed ONNX Runtime {ort.__version__} has no CUDAExecutionProvider (providers: "
                        f"{', '.join(providers)}): {ORT_GPU_INSTALL_HINT}")
-    from .reports import gpus
+    from .gpu import gpus
 
     if not gpus():
         return False, "onnxruntime-gpu is installed but no NVIDIA GPU is visible (nvidia-smi / libcuda found none)"
@@ -285,21 +284,6 @@ class OrtBackend(Backend):
 
 
 # ------------------------------------------------------------------------------ TensorRT
-def tensorrt_status() -> tuple[str | None, str]:
-    """(TensorRT version, "") when tensorrt and polygraphy import, else (None, why not and how to fix)."""
-    try:
-        import tensorrt
-    except ImportError as exc:
-        return None, f"TensorRT is not installed ({exc}): {TENSORRT_INSTALL_HINT}"
-    except Exception as exc:  # noqa: BLE001 - a broken install (missing libnvinfer) raises OSError & co
-        return None, f"TensorRT is installed but cannot be loaded ({type(exc).__name__}: {exc}): {TENSORRT_INSTALL_HINT}"
-    try:
-        import polygraphy  # noqa: F401
-    except ImportError:
-        return None, "TensorRT is installed but polygraphy (used to run engines) is not: pip install polygraphy"
-    return str(tensorrt.__version__), ""
-
-
 def _version_key(version: str) -> tuple[str, ...]:
     """major.minor.patch: engines are tied to the TensorRT release that built them."""
     return tuple(str(version).split("+")[0].split(".")[:3])
@@ -378,7 +362,7 @@ class TensorRTBackend(Backend):
         if problems:
             raise BackendUnavailable("tensorrt cannot run:\n  - " + "\n  - ".join(problems))
         entry = bundle.engine_entry(graph)
-        from .reports import gpus
+        from .gpu import gpus
 
         errors, warnings = engine_compatibility(entry, version, gpus())
         if errors:
@@ -449,7 +433,7 @@ def available_backends(bundle: Bundle | None = None) -> list[BackendStatus]:
     statuses.append(BackendStatus("ort-cuda", *ort_cuda_status()))
     version, reason = tensorrt_status()
     if version is not None:
-        from .reports import gpus
+        from .gpu import gpus
 
         problems = []
         if not gpus():

@@ -14,136 +14,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
+from .bundle_format import MANIFEST_NAME, schema_problems
 from .files import sha256_file
-
-FORMAT_NAME = "ts2net-bundle"
-SUPPORTED_FORMAT_VERSIONS = (1,)
-MANIFEST_NAME = "manifest.json"
-GRAPHS = ("text", "video")
-PRECISIONS = ("fp32", "fp16", "int8")   # graph files; bf16 is an OpenVINO hint on the fp32 graph, not a file
-DTYPES = ("float32", "float16", "int64", "int32", "bool")
-
-# Sections the runtime reads; an exporter that leaves one out wrote a bundle we cannot serve.
-REQUIRED_SECTIONS = {"model": dict, "preprocessing": dict, "tokenizer": dict, "similarity": dict, "graphs": dict}
-REQUIRED_MODEL_KEYS = ("image_size", "max_frames", "max_words", "embed_dim", "top_k")
-REQUIRED_SIMILARITY_KEYS = ("logit_scale", "frame_mask_mode", "tokens_per_frame", "frame_softmax_factor")
-ENGINE_KEYS = ("file", "sha256", "precision", "tensorrt_version", "gpu", "profile")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-
 
 class BundleError(ValueError):
     """A bundle that cannot be used as it is: bad manifest, missing or altered file, invalid export."""
 
 
-
-
-# ------------------------------------------------------------------------------ schema check
-def _check_file_entry(where: str, entry: Any, problems: list[str]) -> None:
-    """`entry` must name a file inside the bundle and carry its sha256."""
-    if not isinstance(entry, Mapping):
-        problems.append(f"{where}: expected an object with 'file' and 'sha256', got {type(entry).__name__}")
-        return
-    name = entry.get("file")
-    if not isinstance(name, str) or not name:
-        problems.append(f"{where}.file: missing or not a string")
-    elif Path(name).is_absolute() or ".." in Path(name).parts or "\\" in name:
-        # a manifest must not point outside its own directory (a copied bundle would silently use other files)
-        problems.append(f"{where}.file: {name!r} must be a plain relative path inside the bundle")
-    if not isinstance(entry.get("sha256"), str) or not _SHA256.match(entry["sha256"]):
-        problems.append(f"{where}.sha256: missing or not 64 lowercase hex digits")
-
-
-def _check_tensor_list(where: str, tensors: Any, problems: list[str]) -> None:
-    if not isinstance(tensors, list) or not tensors:
-        problems.append(f"{where}: expected a non-empty list of tensors")
-        return
-    for i, tensor in enumerate(tensors):
-        label = f"{where}[{i}]"
-        if not isinstance(tensor, Mapping):
-            problems.append(f"{label}: expected an object with name, dtype, shape")
-            continue
-        if not isinstance(tensor.get("name"), str) or not tensor["name"]:
-            problems.append(f"{label}.name: missing")
-        if tensor.get("dtype") not in DTYPES:
-            problems.append(f"{label}.dtype: {tensor.get('dtype')!r} is not one of {list(DTYPES)}")
-        shape = tensor.get("shape")
-        if not isinstance(shape, list) or not all(
-                (isinstance(d, int) and not isinstance(d, bool) and d > 0) or (isinstance(d, str) and d)
-                for d in shape):
-            problems.append(f"{label}.shape: {shape!r} must be a list of positive ints and named dynamic axes")
-
-
-def schema_problems(manifest: Any) -> list[str]:
-    """Every problem of a manifest's structure (empty: usable). Values are not cross-checked with files."""
-    if not isinstance(manifest, Mapping):
-        return [f"the manifest is a JSON {type(manifest).__name__}, expected an object"]
-    problems: list[str] = []
-    if manifest.get("format") != FORMAT_NAME:
-        problems.append(f"format: {manifest.get('format')!r}, expected {FORMAT_NAME!r}")
-    version = manifest.get("format_version")
-    if version not in SUPPORTED_FORMAT_VERSIONS:
-        problems.append(f"format_version: {version!r} is not supported by this runtime (supported: "
-                        f"{list(SUPPORTED_FORMAT_VERSIONS)}); use a runtime matching the exporter's version")
-    for section, kind in REQUIRED_SECTIONS.items():
-        if not isinstance(manifest.get(section), kind):
-            problems.append(f"{section}: required section missing or not an object")
-    model = manifest.get("model") if isinstance(manifest.get("model"), Mapping) else {}
-    for key in REQUIRED_MODEL_KEYS:
-        if model and not isinstance(model.get(key), int):
-            problems.append(f"model.{key}: missing or not an integer")
-    sim = manifest.get("similarity") if isinstance(manifest.get("similarity"), Mapping) else {}
-    for key in REQUIRED_SIMILARITY_KEYS:
-        if sim and key not in sim:
-            problems.append(f"similarity.{key}: missing")
-    if isinstance(manifest.get("tokenizer"), Mapping):
-        _check_file_entry("tokenizer", manifest["tokenizer"], problems)
-    graphs = manifest.get("graphs") if isinstance(manifest.get("graphs"), Mapping) else None
-    if graphs is not None:
-        for graph in GRAPHS:
-            if not isinstance(graphs.get(graph), Mapping) or "fp32" not in graphs[graph]:
-                problems.append(f"graphs.{graph}: missing (every bundle has FP32 text and video graphs)")
-        for graph, precisions in graphs.items():
-            if not isinstance(precisions, Mapping):
-                problems.append(f"graphs.{graph}: expected an object keyed by precision")
-                continue
-            for precision, entry in precisions.items():
-                where = f"graphs.{graph}.{precision}"
-                if precision not in PRECISIONS:
-                    problems.append(f"{where}: unknown precision (expected one of {list(PRECISIONS)})")
-                _check_file_entry(where, entry, problems)
-                if isinstance(entry, Mapping):
-                    _check_tensor_list(f"{where}.inputs", entry.get("inputs"), problems)
-                    _check_tensor_list(f"{where}.outputs", entry.get("outputs"), problems)
-                    if "external_data" in entry:
-                        _check_file_entry(f"{where}.external_data", entry["external_data"], problems)
-                    if "openvino_ir" in entry:
-                        ir = entry["openvino_ir"]
-                        _check_file_entry(f"{where}.openvino_ir", ir, problems)
-                        if isinstance(ir, Mapping):
-                            _check_file_entry(f"{where}.openvino_ir.weights", ir.get("weights"), problems)
-    engines = manifest.get("engines")
-    if engines is not None and not isinstance(engines, Mapping):
-        problems.append("engines: expected an object keyed by graph name")
-    for graph, entry in (engines or {}).items() if isinstance(engines, Mapping) else ():
-        where = f"engines.{graph}"
-        _check_file_entry(where, entry, problems)
-        if isinstance(entry, Mapping):
-            missing = [k for k in ENGINE_KEYS if k not in entry]
-            if missing:
-                problems.append(f"{where}: missing {missing}")
-            gpu = entry.get("gpu")
-            if "gpu" in entry and not (isinstance(gpu, Mapping) and {"name", "compute_capability"} <= gpu.keys()):
-                problems.append(f"{where}.gpu: expected an object with name and compute_capability")
-    if manifest.get("reference") is not None:
-        _check_file_entry("reference", manifest["reference"], problems)
-    return problems
 
 
 # ------------------------------------------------------------------------------ the bundle
@@ -157,7 +40,7 @@ class Bundle:
         self._tokenizer = None
 
     def __repr__(self) -> str:
-        return f"Bundle({str(self._path)!r}, model={self.model.get('name')!r}, id={self.sha256})"
+        return f"Bundle({str(self._path)!r}, model={self.model.get('name')!r}, id={self.content_id})"
 
     # -------------------------------------------------------------- plain facts
     path = property(lambda self: self._path)
@@ -190,7 +73,7 @@ class Bundle:
         return self._manifest["preprocessing"]
 
     @cached_property
-    def sha256(self) -> str:
+    def content_id(self) -> str:
         """Short id of what determines an embedding: graph checksums, tokenizer checksum, preprocessing.
 
         Used to key caches, so a re-export with other weights, another tokenizer or another

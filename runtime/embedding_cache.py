@@ -250,12 +250,38 @@ def encode_videos_cached(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     paths = [Path(p) for p in paths]
+    start = time.perf_counter()
+    shas, found, bad, n_cached, n_reused = _look_up(paths, cache, known, skip_bad, progress)
+    seconds_hashing = time.perf_counter() - start
+
+    # Encode what is missing, one file per distinct content, chunk by chunk.
+    todo: dict[str, Path] = {}
+    for path, sha in zip(paths, shas):
+        if sha is not None and sha not in found and sha not in todo:
+            todo[sha] = path
+    start = time.perf_counter()
+    n_encoded = _encode_missing(encoder, list(todo.items()), cache, found, bad, skip_bad=skip_bad,
+                                chunk_size=chunk_size, progress=progress, on_chunk=on_chunk, workers=workers)
+    seconds_encoding = time.perf_counter() - start
+
+    kept = [(p, s) for p, s in zip(paths, shas) if s is not None and s in found]
+    skipped = [(str(p), bad[str(p)]) for p, s in zip(paths, shas) if s is None or s not in found]
+    frame_embeds, frame_mask, patch_indices = _stack([found[s] for _, s in kept])
+    return EncodedVideos([p for p, _ in kept], [s for _, s in kept], frame_embeds, frame_mask, patch_indices,
+                         skipped, n_encoded, n_cached, n_reused, seconds_hashing, seconds_encoding)
+
+
+def _look_up(paths: list[Path], cache: Optional[EmbeddingCache], known: Optional[Mapping[str, VideoEmbedding]],
+             skip_bad: bool, progress: bool):
+    """Hash every file and take what `known` or the cache already holds.
+
+    Returns (sha per path or None when unreadable, sha -> embedding found, path -> reason it is
+    unreadable, number from the cache, number from `known`).
+    """
     found: dict[str, VideoEmbedding] = {}
     shas: list[Optional[str]] = []
     bad: dict[str, str] = {}
     n_cached = n_reused = 0
-
-    start = time.perf_counter()
     bar = _bar(len(paths), "checking cache", progress, "video")
     for path in paths:
         try:
@@ -278,16 +304,18 @@ def encode_videos_cached(
                 n_cached += 1
         bar.update()
     bar.close()
-    seconds_hashing = time.perf_counter() - start
+    return shas, found, bad, n_cached, n_reused
 
-    # Encode what is missing, one file per distinct content, chunk by chunk.
-    todo: dict[str, Path] = {}
-    for path, sha in zip(paths, shas):
-        if sha is not None and sha not in found and sha not in todo:
-            todo[sha] = path
-    start = time.perf_counter()
+
+def _encode_missing(encoder, items: list[tuple[str, Path]], cache: Optional[EmbeddingCache],
+                    found: dict[str, VideoEmbedding], bad: dict[str, str], *, skip_bad: bool, chunk_size: int,
+                    progress: bool, on_chunk: Optional[Callable[[int], None]], workers: int) -> int:
+    """Encode (sha, path) items chunk by chunk into `found` (and the cache); unreadable ones into `bad`.
+
+    Each chunk is cached before the next starts, so an interrupted run loses at most one chunk.
+    Returns how many videos were encoded.
+    """
     n_encoded = 0
-    items = list(todo.items())
     bar = _bar(len(items), "encoding videos", progress, "video")
     try:
         for c0 in range(0, len(items), chunk_size):
@@ -319,21 +347,18 @@ def encode_videos_cached(
                 on_chunk(n_encoded)
     finally:
         bar.close()
-    seconds_encoding = time.perf_counter() - start
+    return n_encoded
 
-    kept = [(p, s) for p, s in zip(paths, shas) if s is not None and s in found]
-    skipped = [(str(p), bad[str(p)]) for p, s in zip(paths, shas) if s is None or s not in found]
-    if kept:
-        frame_embeds = np.stack([found[s].frame_embeds for _, s in kept]).astype(np.float32, copy=False)
-        frame_mask = np.stack([found[s].frame_mask for _, s in kept]).astype(np.int64, copy=False)
-        have_patches = all(found[s].patch_indices is not None for _, s in kept)
-        patch_indices = np.stack([found[s].patch_indices for _, s in kept]) if have_patches else None
-    else:
-        frame_embeds = np.zeros((0, 0, 0), np.float32)
-        frame_mask = np.zeros((0, 0), np.int64)
-        patch_indices = None
-    return EncodedVideos([p for p, _ in kept], [s for _, s in kept], frame_embeds, frame_mask, patch_indices,
-                         skipped, n_encoded, n_cached, n_reused, seconds_hashing, seconds_encoding)
+
+def _stack(embeddings: list[VideoEmbedding]):
+    """(frame_embeds, frame_mask, patch_indices or None) stacked over videos; empty arrays for none."""
+    if not embeddings:
+        return np.zeros((0, 0, 0), np.float32), np.zeros((0, 0), np.int64), None
+    frame_embeds = np.stack([e.frame_embeds for e in embeddings]).astype(np.float32, copy=False)
+    frame_mask = np.stack([e.frame_mask for e in embeddings]).astype(np.int64, copy=False)
+    have_patches = all(e.patch_indices is not None for e in embeddings)
+    patch_indices = np.stack([e.patch_indices for e in embeddings]) if have_patches else None
+    return frame_embeds, frame_mask, patch_indices
 
 
 def encode_texts_cached(encoder, texts: Sequence[str], cache: Optional[EmbeddingCache], *,

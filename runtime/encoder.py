@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from .backends import Backend, create_backend
 from .bundle import Bundle, open_bundle
+from .bundle_format import CLIP_MEAN, CLIP_STD
 from .video import VideoDecodeError, load_video
 
 
@@ -55,8 +56,7 @@ def decode_videos(bundle: Bundle, paths: Sequence[str | os.PathLike], batch_size
     in threads (PyAV releases the GIL while decoding).
     """
     pre = bundle.preprocessing
-    mean, std = tuple(pre.get("mean", (0.48145466, 0.4578275, 0.40821073))), tuple(
-        pre.get("std", (0.26862954, 0.26130258, 0.27577711)))
+    mean, std = tuple(pre.get("mean", CLIP_MEAN)), tuple(pre.get("std", CLIP_STD))
 
     def load(path: str):
         try:

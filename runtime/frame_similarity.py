@@ -24,6 +24,8 @@ from typing import Optional
 
 import numpy as np
 
+from .bundle_format import FRAME_MASK_MODES, MASKED_FRAME_VALUE
+
 __all__ = [
     "FRAME_MASK_MODES",
     "DEFAULT_TEXT_CHUNK",
@@ -34,9 +36,6 @@ __all__ = [
     "dsl_rescale",
 ]
 
-#: Accepted values of ``frame_mask_mode``. "official" reproduces the mask quirk of the released
-#: TS2-Net code (the checkpoints were trained and evaluated with it); "fixed" uses the mask as given.
-FRAME_MASK_MODES = ("official", "fixed")
 
 #: Default block sizes of :func:`similarity`. One float32 scratch block is
 #: ``video_chunk * T * text_chunk * 4`` bytes = 12 MiB for T=12, and the loop keeps about two of
@@ -45,9 +44,9 @@ FRAME_MASK_MODES = ("official", "fixed")
 DEFAULT_TEXT_CHUNK = 1024
 DEFAULT_VIDEO_CHUNK = 256
 
-#: Value the reference writes into masked frames before the softmax (``masked_fill(-1e18)``).
-#: Any finite value far below ``-softmax_factor`` gives an exact zero weight after ``exp``.
-MASK_FILL_VALUE = -1e18
+#: Value written into masked frames before the softmax, owned by the bundle format (the manifest
+#: records it as similarity.masked_frame_value).
+MASK_FILL_VALUE = MASKED_FRAME_VALUE
 
 
 # --------------------------------------------------------------------------------------------
@@ -174,56 +173,13 @@ def _l2_normalize_last(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def similarity(
-    text_embeds,
-    frame_embeds,
-    frame_mask,
-    logit_scale: float,
-    frame_mask_mode: str,
-    *,
-    tokens_per_frame: int = 4,
-    softmax_factor: float = 4.0,
-    text_chunk: int = DEFAULT_TEXT_CHUNK,
-    video_chunk: int = DEFAULT_VIDEO_CHUNK,
-    out: Optional[np.ndarray] = None,
-) -> np.ndarray:
-    """TS2-Net text-to-video similarity matrix ``[Nt, Nv]`` (float32).
+def _validated_inputs(text_embeds, frame_embeds, frame_mask, logit_scale, frame_mask_mode, tokens_per_frame,
+                      softmax_factor, text_chunk, video_chunk, out):
+    """Every input check of :func:`similarity`, before any work: (text, frames, effective mask, scale,
+    factor, text_chunk, video_chunk, out), with `out` allocated when not given.
 
-    Args:
-        text_embeds: ``[Nt, D]`` sentence embeddings, not necessarily normalised.
-        frame_embeds: ``[Nv, T, D]`` per-frame embeddings, not necessarily normalised. May be an
-            ``np.memmap``: only ``video_chunk`` videos are read and converted at a time.
-        frame_mask: ``[Nv, T]`` 0/1 mask, 1 = real frame, 0 = padding.
-        logit_scale: the multiplier applied to the scores, i.e. the *already exponentiated*
-            CLIP temperature ``exp(model.logit_scale)`` (100.0 for the released checkpoints), not
-            the raw ``logit_scale`` parameter (~4.6052). It only scales the scores, so it does
-            not change rankings, but it does change DSL (:func:`dsl_rescale`) results.
-        frame_mask_mode: ``"official"`` or ``"fixed"``; see :func:`effective_frame_mask`.
-        tokens_per_frame: ``top_k + 1`` of the visual token selection (4 for released models);
-            only used by ``"official"`` masking.
-        softmax_factor: multiplier inside the frame-weight softmax (4.0 in the official code).
-        text_chunk, video_chunk: block sizes. Scratch memory is about
-            ``2 * video_chunk * T * text_chunk * 4`` bytes (24 MiB with the defaults and T=12)
-            plus one float32 block of frames and a float32 copy of the normalised texts
-            (``Nt * D * 4`` bytes, 20 MB for 10k x 512), independent of Nv (~43 MiB peak
-            measured for 4096 texts, D=512, defaults). Scores depend on the block sizes only
-            through the summation order BLAS picks for each block shape: a few float32 ulps
-            (~1e-7 relative), never more.
-        out: optional ``[Nt, Nv]`` float32 array to write into, e.g. an ``np.memmap`` when the
-            result is too big for RAM (10k texts x 100k videos is 4 GB). It is filled block by
-            block and returned.
-
-    Returns:
-        ``out`` if given, otherwise a new ``[Nt, Nv]`` float32 array.
-
-    Raises:
-        ValueError / TypeError naming the argument and the expected vs received shape or dtype;
-        ValueError if a video has no frame left under its effective mask (the softmax over
-        frames would be undefined: the reference silently averages all frames instead).
-
-    Degenerate inputs are kept finite on purpose: a zero-norm frame or text embedding counts as
-    a zero vector, and if every masked-in similarity of a pair is exactly 0 the frames get equal
-    weights (the reference would return NaN in both cases).
+    Each error names the argument and the expected vs received shape or dtype; a video left without a
+    frame by its effective mask is refused here, so a big matrix never fails half way.
     """
     frame_mask_mode = _check_mode(frame_mask_mode)
     text = _check_float_array("text_embeds", text_embeds, 2, "[Nt, D]")
@@ -298,6 +254,65 @@ def similarity(
             raise TypeError(f"out must have dtype float32, got {out.dtype}")
         if not out.flags.writeable:
             raise ValueError("out must be writeable")
+    return text, frames, eff, scale, factor, text_chunk, video_chunk, out
+
+
+def similarity(
+    text_embeds,
+    frame_embeds,
+    frame_mask,
+    logit_scale: float,
+    frame_mask_mode: str,
+    *,
+    tokens_per_frame: int = 4,
+    softmax_factor: float = 4.0,
+    text_chunk: int = DEFAULT_TEXT_CHUNK,
+    video_chunk: int = DEFAULT_VIDEO_CHUNK,
+    out: Optional[np.ndarray] = None,
+) -> np.ndarray:
+    """TS2-Net text-to-video similarity matrix ``[Nt, Nv]`` (float32).
+
+    Args:
+        text_embeds: ``[Nt, D]`` sentence embeddings, not necessarily normalised.
+        frame_embeds: ``[Nv, T, D]`` per-frame embeddings, not necessarily normalised. May be an
+            ``np.memmap``: only ``video_chunk`` videos are read and converted at a time.
+        frame_mask: ``[Nv, T]`` 0/1 mask, 1 = real frame, 0 = padding.
+        logit_scale: the multiplier applied to the scores, i.e. the *already exponentiated*
+            CLIP temperature ``exp(model.logit_scale)`` (100.0 for the released checkpoints), not
+            the raw ``logit_scale`` parameter (~4.6052). It only scales the scores, so it does
+            not change rankings, but it does change DSL (:func:`dsl_rescale`) results.
+        frame_mask_mode: ``"official"`` or ``"fixed"``; see :func:`effective_frame_mask`.
+        tokens_per_frame: ``top_k + 1`` of the visual token selection (4 for released models);
+            only used by ``"official"`` masking.
+        softmax_factor: multiplier inside the frame-weight softmax (4.0 in the official code).
+        text_chunk, video_chunk: block sizes. Scratch memory is about
+            ``2 * video_chunk * T * text_chunk * 4`` bytes (24 MiB with the defaults and T=12)
+            plus one float32 block of frames and a float32 copy of the normalised texts
+            (``Nt * D * 4`` bytes, 20 MB for 10k x 512), independent of Nv (~43 MiB peak
+            measured for 4096 texts, D=512, defaults). Scores depend on the block sizes only
+            through the summation order BLAS picks for each block shape: a few float32 ulps
+            (~1e-7 relative), never more.
+        out: optional ``[Nt, Nv]`` float32 array to write into, e.g. an ``np.memmap`` when the
+            result is too big for RAM (10k texts x 100k videos is 4 GB). It is filled block by
+            block and returned.
+
+    Returns:
+        ``out`` if given, otherwise a new ``[Nt, Nv]`` float32 array.
+
+    Raises:
+        ValueError / TypeError naming the argument and the expected vs received shape or dtype;
+        ValueError if a video has no frame left under its effective mask (the softmax over
+        frames would be undefined: the reference silently averages all frames instead).
+
+    Degenerate inputs are kept finite on purpose: a zero-norm frame or text embedding counts as
+    a zero vector, and if every masked-in similarity of a pair is exactly 0 the frames get equal
+    weights (the reference would return NaN in both cases).
+    """
+    text, frames, eff, scale, factor, text_chunk, video_chunk, out = _validated_inputs(
+        text_embeds, frame_embeds, frame_mask, logit_scale, frame_mask_mode, tokens_per_frame, softmax_factor,
+        text_chunk, video_chunk, out)
+    nt, d = text.shape
+    nv, t, _ = frames.shape
     if nt == 0 or nv == 0:
         return out
 

@@ -58,3 +58,9 @@ def real_data_failed(manifest: dict[str, Any], backend: str, precision: str) -> 
     """True when a recorded real-data run of this path failed its gates."""
     entry = ((manifest.get("parity") or {}).get("real_data") or {}).get(f"{backend} {precision}")
     return bool(entry) and entry.get("passed") is False
+
+
+def real_data_passed(manifest: dict[str, Any], backend: str, precision: str) -> bool:
+    """True when a recorded real-data run of this path passed its gates."""
+    entry = ((manifest.get("parity") or {}).get("real_data") or {}).get(f"{backend} {precision}")
+    return bool(entry) and entry.get("passed") is True

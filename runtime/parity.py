@@ -1,4 +1,4 @@
-"""Parity of a bundle's outputs against PyTorch FP32 reference outputs (design: parity table).
+"""Parity of a bundle's outputs against PyTorch FP32 reference outputs (thresholds: docs/runtime.md, "Parity thresholds").
 
 One function computes every figure for one precision row and lists *every* failing check at
 once; export validation and `ts2net parity` both use it, so "the same answers" is defined once.
@@ -11,8 +11,9 @@ from typing import Any, Mapping
 import numpy as np
 
 from .frame_similarity import similarity
+from .reports import format_number
 
-# Thresholds of the design's parity table. Keys: precision row -> check -> bound.
+# The parity table (docs/runtime.md, "Parity thresholds"). Keys: precision row -> check -> bound.
 THRESHOLDS: dict[str, dict[str, float]] = {
     "fp32": {"cosine_min": 0.99999, "max_abs_err": 1e-4, "selection_agreement": 1.0,
              "similarity_max_abs_err": 1e-3, "ranking_identical": 1.0},
@@ -59,9 +60,7 @@ class ParityResult:
 
 
 def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.9g}"  # cosines differ from 1 only in the 7th-9th digit
-    return str(value)
+    return format_number(value, ".9g", missing="None")  # cosines differ from 1 only in the 7th-9th digit
 
 
 def embedding_figures(reference: np.ndarray, produced: np.ndarray) -> dict[str, float]:

@@ -15,10 +15,7 @@ import json
 import math
 import os
 import platform
-import shutil
-import subprocess
 from datetime import datetime, timezone
-from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -26,12 +23,27 @@ from typing import Any
 import numpy as np
 
 from .files import atomic_write_bytes
+from .gpu import gpus
 
 LIBRARIES = ("ts2net-deploy", "numpy", "onnxruntime", "onnxruntime-gpu", "onnx", "tensorrt", "polygraphy",
              "tokenizers", "av", "torch", "click", "matplotlib")
 
 
 
+
+
+def format_number(value: Any, spec: str = ".1f", small_spec: str | None = None, missing: str = "-") -> str:
+    """One number as a report writes it (the one formatting helper of the reports).
+
+    None -> `missing`; a float with `spec`, or with `small_spec` when 0 < |value| < 0.05 (so a small
+    figure does not print as 0.0); anything else (ints, strings, bools) as `str(value)`.
+    """
+    if value is None:
+        return missing
+    if isinstance(value, float):
+        small = small_spec is not None and value != 0 and abs(value) < 0.05
+        return format(value, small_spec if small else spec)
+    return str(value)
 
 def jsonable(value: Any) -> Any:
     """Plain JSON data from report values: numpy scalars/arrays, paths, dataclasses and sets are
@@ -109,60 +121,6 @@ def usable_cores() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
-
-
-@lru_cache(maxsize=1)
-def gpus() -> tuple[dict[str, Any], ...]:
-    """GPUs visible to this process: name, compute capability, driver, memory. Empty without NVIDIA tools.
-
-    Asks nvidia-smi (no CUDA library needed in this process); if it is missing or too old to
-    report the compute capability, asks the CUDA driver library directly.
-    """
-    found: list[dict[str, Any]] = []
-    smi = shutil.which("nvidia-smi")
-    if smi:
-        try:
-            out = subprocess.run([smi, "--query-gpu=name,compute_cap,driver_version,memory.total",
-                                  "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=20)
-            if out.returncode == 0:
-                for line in out.stdout.strip().splitlines():
-                    name, cap, driver, memory = [p.strip() for p in line.split(",")]
-                    found.append({"name": name, "compute_capability": cap, "driver": driver,
-                                  "memory_mib": int(float(memory)) if memory.replace(".", "").isdigit() else None})
-        except (OSError, subprocess.SubprocessError, ValueError):
-            found = []
-    if not found or any(not g["compute_capability"][:1].isdigit() for g in found):
-        driver = _cuda_driver_gpus()
-        if driver:
-            found = driver
-    return tuple(found)
-
-
-def _cuda_driver_gpus() -> list[dict[str, Any]]:
-    """Name and compute capability through libcuda (cuDeviceGetName / cuDeviceGetAttribute)."""
-    import ctypes
-
-    try:
-        cuda = ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return []
-    if cuda.cuInit(0) != 0:
-        return []
-    count = ctypes.c_int()
-    if cuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
-        return []
-    result = []
-    for index in range(count.value):
-        device, major, minor = ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
-        name = ctypes.create_string_buffer(256)
-        if cuda.cuDeviceGet(ctypes.byref(device), index) != 0:
-            continue
-        cuda.cuDeviceGetName(name, 256, device)
-        cuda.cuDeviceGetAttribute(ctypes.byref(major), 75, device)  # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR
-        cuda.cuDeviceGetAttribute(ctypes.byref(minor), 76, device)  # ..._MINOR
-        result.append({"name": name.value.decode(errors="replace"),
-                       "compute_capability": f"{major.value}.{minor.value}", "driver": None, "memory_mib": None})
-    return result
 
 
 def library_versions() -> dict[str, str]:

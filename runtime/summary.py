@@ -4,18 +4,17 @@ It only reads what the other commands wrote (the bundle manifest, `ts2net parity
 and `ts2net bench` JSON reports, the committed ablation results), so every number in it was
 measured by the command that owns it.
 
-    python -m runtime.summary --bundle bundles/demo --reports reports/demo --ablations ts2net/demo/ablations.json
-    python -m runtime.summary collect-ablations --out ts2net/demo/ablations.json baseline=eval.json ...
+    ts2net summary --bundle bundles/demo --reports reports/demo --ablations ts2net/demo/ablations.json
+    ts2net summary collect-ablations --out ts2net/demo/ablations.json baseline=eval.json ...
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-import click
-
-from .reports import atomic_write_bytes, write_report
+from .bundle_format import MANIFEST_NAME
+from .reports import atomic_write_bytes, format_number, write_report
 
 ABLATION_ORDER = ("baseline", "+shift", "+selection", "full")
 SUBSETS = ("motion", "small_object")
@@ -41,7 +40,7 @@ def ablation_entry(eval_report: dict[str, Any], train_summary: dict[str, Any] | 
 
 
 def _r(metrics: dict[str, Any] | None, key: str = "R1") -> str:
-    return "-" if not metrics else f"{metrics[key]:.1f}"
+    return "-" if not metrics else format_number(float(metrics[key]))
 
 
 def ablation_markdown(ablations: dict[str, Any]) -> list[str]:
@@ -89,7 +88,7 @@ def plot_ablations(ablations: dict[str, Any], png: Path) -> None:
 
 
 def build_summary(bundle: Path, reports: Path, ablations_path: Path | None) -> tuple[dict[str, Any], str]:
-    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest = json.loads((bundle / MANIFEST_NAME).read_text())
     evaluation = latest_json(reports / "eval", "eval-")
     bench = latest_json(reports / "bench", "")
     parity = {p: latest_json(reports / f"parity-{p}", "") for p in ("fp32", "fp16", "bf16", "int8")}
@@ -145,6 +144,9 @@ def build_summary(bundle: Path, reports: Path, ablations_path: Path | None) -> t
             md.append(f"| {direction} | " + " | ".join(f"{metrics[k]:.1f}" for k in ("R1", "R5", "R10", "R50", "MdR", "MnR"))
                       + " |")
         for name, result in (evaluation.get("subsets") or {}).items():
+            if "t2v" not in result:  # no evaluated video belongs to the subset (eval writes a note instead)
+                md.append(f"| {name} subset t2v | " + " | ".join(["-"] * 6) + " |")
+                continue
             md.append(f"| {name} subset t2v | " + " | ".join(f"{result['t2v'][k]:.1f}"
                                                             for k in ("R1", "R5", "R10", "R50", "MdR", "MnR")) + " |")
     if ablations:
@@ -174,41 +176,28 @@ def build_summary(bundle: Path, reports: Path, ablations_path: Path | None) -> t
     return data, "\n".join(md) + "\n"
 
 
-@click.group(invoke_without_command=True)
-@click.option("--bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--reports", type=click.Path(file_okay=False, path_type=Path), default=Path("reports/demo"))
-@click.option("--ablations", type=click.Path(path_type=Path))
-@click.pass_context
-def main(ctx, bundle, reports, ablations):
-    """Write reports/demo/summary.{json,md} (+ ablations.png)."""
-    if ctx.invoked_subcommand:
-        return
-    if bundle is None:
-        raise click.UsageError("--bundle is required")
-    data, markdown = build_summary(bundle, reports, ablations)
+
+def write_summary(bundle: Path, reports: Path, ablations_path: Path | None) -> tuple[str, Path, Path]:
+    """Build the summary, write summary.{json,md} (+ ablations.png) into `reports`; (markdown, json, md paths)."""
+    data, markdown = build_summary(bundle, reports, ablations_path)
     if data["ablations"]:
-        plot_ablations(data["ablations"], reports / "ablations.png")
+        plot_ablations(data["ablations"], Path(reports) / "ablations.png")
     json_path, md_path = write_report(reports, "summary", data, markdown)
-    click.echo(markdown)
-    click.echo(f"wrote {md_path} and {json_path}")
+    return markdown, json_path, md_path
 
 
-@main.command("collect-ablations")
-@click.option("--out", required=True, type=click.Path(path_type=Path))
-@click.argument("variants", nargs=-1, required=True)
-def collect_ablations(out, variants):
-    """VARIANTS: NAME=EVAL_JSON[,TRAIN_SUMMARY_JSON] for each trained variant."""
+def ablation_table(variants: Sequence[str]) -> dict[str, Any]:
+    """The ablation table from `NAME=EVAL_JSON[,TRAIN_SUMMARY_JSON]` items, one per trained variant."""
     table: dict[str, Any] = {"kind": "ts2net-ablations", "variants": {}}
     for item in variants:
         name, _, paths = item.partition("=")
         eval_path, _, train_path = paths.partition(",")
         if not name or not eval_path:
-            raise click.BadParameter(f"{item!r}: expected NAME=EVAL_JSON[,TRAIN_SUMMARY_JSON]")
+            raise ValueError(f"{item!r}: expected NAME=EVAL_JSON[,TRAIN_SUMMARY_JSON]")
         train = json.loads(Path(train_path).read_text()) if train_path else None
         table["variants"][name] = ablation_entry(json.loads(Path(eval_path).read_text()), train)
-    atomic_write_bytes(out, (json.dumps(table, indent=2) + "\n").encode())
-    click.echo("\n".join(ablation_markdown(table)))
+    return table
 
 
-if __name__ == "__main__":
-    main()
+def write_ablation_table(out: Path, table: dict[str, Any]) -> Path:
+    return atomic_write_bytes(out, (json.dumps(table, indent=2) + "\n").encode())

@@ -55,7 +55,7 @@ def _stored_fp16(key: str) -> bool:
 
 
 def official_state_dict(model: ts2net.TS2Net) -> dict[str, torch.Tensor]:
-    """The key layout of an official `pytorch_model.bin.N` (semantics section 9)."""
+    """The key layout of an official `pytorch_model.bin.N` (docs/semantics.md, row 9)."""
     cfg = model.cfg
     state = {}
     for key, value in model.state_dict().items():

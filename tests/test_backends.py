@@ -6,7 +6,6 @@ import shutil
 import sys
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -25,13 +24,13 @@ from runtime.backends import (
 from runtime.bundle import BundleError, open_bundle, sha256_file
 from runtime.encoder import BundleEncoder
 from runtime.parity import compare_outputs
-from runtime.parity_cli import parity_command
+from cli.parity import parity_command
+from media import write_video
 from runtime.video import VideoDecodeError, load_video
-from test_runtime_bundle import bundle_dir  # noqa: F401  (session fixture: one export per session)
 
 
 @pytest.fixture(scope="module")
-def bundle(bundle_dir):  # noqa: F811
+def bundle(bundle_dir):
     return open_bundle(bundle_dir)
 
 
@@ -39,16 +38,7 @@ def write_mp4(path: Path, frames: int, fps: int = 10, seed: int = 0, size=(64, 4
     """A small real MPEG-4 clip of moving noise, written with PyAV."""
     rng = np.random.default_rng(seed)
     base = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
-        for i in range(frames):
-            picture = av.VideoFrame.from_ndarray(np.roll(base, 2 * i, axis=1), format="rgb24")
-            for packet in stream.encode(picture):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+    return write_video(path, (np.roll(base, 2 * i, axis=1) for i in range(frames)), fps)
 
 
 @pytest.fixture(scope="module")
@@ -220,12 +210,12 @@ class StandInTrtRunner:
         self.active = False
 
 
-def test_tensorrt_backend_plumbing_with_a_stand_in_runner(bundle_dir, tmp_path, monkeypatch):  # noqa: F811
+def test_tensorrt_backend_plumbing_with_a_stand_in_runner(bundle_dir, tmp_path, monkeypatch):
     """Everything around TensorRT (version/GPU checks, engine checksum, profile limits, buffer copies),
     run without a GPU: `tensorrt` and Polygraphy's runner are replaced by stand-ins over ONNX Runtime."""
     import types
 
-    import runtime.reports
+    import runtime.gpu
 
     copy = Path(shutil.copytree(bundle_dir, tmp_path / "bundle"))
     manifest = json.loads((copy / "manifest.json").read_text())
@@ -243,7 +233,7 @@ def test_tensorrt_backend_plumbing_with_a_stand_in_runner(bundle_dir, tmp_path, 
     fake_polygraphy.TrtRunner = StandInTrtRunner
     monkeypatch.setitem(sys.modules, "tensorrt", fake_trt)
     monkeypatch.setitem(sys.modules, "polygraphy.backend.trt", fake_polygraphy)
-    monkeypatch.setattr(runtime.reports, "gpus", lambda: ({"name": "NVIDIA H100 80GB HBM3",
+    monkeypatch.setattr(runtime.gpu, "gpus", lambda: ({"name": "NVIDIA H100 80GB HBM3",
                                                             "compute_capability": "9.0"},))
     bundle = open_bundle(copy)
     assert {s.name: s.available for s in available_backends(bundle)}["tensorrt"]
@@ -271,7 +261,7 @@ def test_tensorrt_backend_plumbing_with_a_stand_in_runner(bundle_dir, tmp_path, 
 
 
 @pytest.mark.trt
-def test_tensorrt_engine_meets_the_fp16_row(bundle_dir, tmp_path):  # noqa: F811
+def test_tensorrt_engine_meets_the_fp16_row(bundle_dir, tmp_path):
     pytest.importorskip("tensorrt")
     engine = pytest.importorskip("export.engine")
     copy = Path(shutil.copytree(bundle_dir, tmp_path / "bundle"))
@@ -287,7 +277,7 @@ def test_tensorrt_engine_meets_the_fp16_row(bundle_dir, tmp_path):  # noqa: F811
 
 
 # ------------------------------------------------------------------------------ ts2net parity
-def test_parity_cli_passes_and_writes_reports(bundle_dir, videos, tmp_path):  # noqa: F811
+def test_parity_cli_passes_and_writes_reports(bundle_dir, videos, tmp_path):
     csv = tmp_path / "captions.csv"
     csv.write_text("key,vid_key,video_id,sentence\n" + "".join(f"ret{i},msr{i},clip{i},moving noise number {i}\n"
                                                                for i in range(3)) + "ret9,msr9,broken,a broken clip\n")
@@ -311,7 +301,7 @@ def test_parity_cli_passes_and_writes_reports(bundle_dir, videos, tmp_path):  # 
     assert "PASS" in markdown and "broken.mp4" in markdown and "R@1 delta" in markdown
 
 
-def test_parity_cli_fails_listing_every_output_of_a_swapped_graph(bundle_dir, tmp_path):  # noqa: F811
+def test_parity_cli_fails_listing_every_output_of_a_swapped_graph(bundle_dir, tmp_path):
     """A video graph from a different-seed model, with its checksum fixed: checksums pass, parity must not."""
     import torch
 

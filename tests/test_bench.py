@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from runtime.bench import bench_command, model_flops, ratios
-from test_runtime_bundle import bundle_dir  # noqa: F401  (session fixture: one export per session)
+from cli.bench import bench_command
+from runtime.benchmark import model_flops, ratios
 
 TINY = {"image_size": 32, "patch_size": 8, "vision_width": 64, "vision_layers": 3, "text_width": 64,
         "text_layers": 2, "embed_dim": 64, "top_k": 3, "temporal_layers": 2, "max_frames": 12, "max_words": 32,
@@ -65,7 +65,7 @@ def onnx_matmul_flops(path, batch: int = 1) -> int:
     return 2 * total
 
 
-def test_model_flops_matches_the_exported_graphs(bundle_dir):  # noqa: F811
+def test_model_flops_matches_the_exported_graphs(bundle_dir):
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
     for graph in ("text", "video"):
         assert model_flops(manifest["model"], graph) == onnx_matmul_flops(bundle_dir / f"{graph}.onnx"), graph
@@ -80,7 +80,7 @@ def test_ratios_come_from_the_same_rows():
                      "ort-cpu fp32 / fp16": 0.5}
 
 
-def test_bench_command_writes_json_markdown_and_chart(bundle_dir, tmp_path):  # noqa: F811
+def test_bench_command_writes_json_markdown_and_chart(bundle_dir, tmp_path):
     """Every PyTorch option and every deployed backend x precision in one run, each with its own peak."""
     from runtime.openvino_backend import precision_status
 
@@ -124,6 +124,6 @@ def test_bench_command_writes_json_markdown_and_chart(bundle_dir, tmp_path):  # 
     assert "Fastest gated path" in markdown
 
 
-def test_bench_rejects_unknown_backends(bundle_dir):  # noqa: F811
+def test_bench_rejects_unknown_backends(bundle_dir):
     result = CliRunner().invoke(bench_command, ["--bundle", str(bundle_dir), "--backends", "ort-cpu,cudnn"])
     assert result.exit_code == 2 and "cudnn" in result.output

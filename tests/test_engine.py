@@ -14,14 +14,14 @@ import pytest
 from click.testing import CliRunner
 
 import export.engine as engine
-from export.bundle import export_bundle
+import runtime.gpu
 from export.engine import BatchProfile, EngineBuildError, parse_batch_profiles
-from runtime.cli import main as cli
+from cli.main import main as cli
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    return export_bundle(tmp_path_factory.mktemp("engine-bundle"), progress=False, int8=False).bundle
+def bundle(bundle_dir):
+    return bundle_dir
 
 
 def test_batch_profiles_parse_per_graph_and_for_both():
@@ -57,9 +57,9 @@ def test_wrong_tensorrt_version_and_missing_gpu_are_refused(bundle, monkeypatch)
     with pytest.raises(EngineBuildError, match="TensorRT 8.6.1 found"):
         engine.import_tensorrt()
     monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.9.0"))
-    monkeypatch.setattr(engine.shutil, "which", lambda name: None)
+    monkeypatch.setattr(runtime.gpu, "gpus", lambda: ())
     before = (bundle / "manifest.json").read_bytes()
-    with pytest.raises(EngineBuildError, match="nvidia-smi is missing"):
+    with pytest.raises(EngineBuildError, match="no NVIDIA GPU is visible"):
         engine.build_engines(bundle, progress=False)
     assert (bundle / "manifest.json").read_bytes() == before
 
@@ -72,6 +72,23 @@ def test_invalid_bundles_are_refused(bundle, tmp_path):
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(EngineBuildError, match="marked invalid"):
         engine.build_engines(copy, progress=False)
+
+
+def test_engines_are_built_only_from_verified_fp16_graphs(bundle, tmp_path, monkeypatch):
+    """An FP16 graph altered after export is refused before TensorRT is touched; the manifest stays as it was."""
+    copy = tmp_path / "tampered"
+    shutil.copytree(bundle, copy)
+    graph = copy / "video.fp16.onnx"
+    graph.write_bytes(graph.read_bytes()[:-16] + bytes(16))
+    monkeypatch.setattr(engine, "import_tensorrt", lambda: types.SimpleNamespace(__version__="10.9.0.34"))
+    monkeypatch.setattr(engine, "gpu_facts", lambda: {"name": "NVIDIA H100", "compute_capability": "9.0"})
+    monkeypatch.setattr(engine, "build_engine", lambda *args: pytest.fail("built from an unverified graph"))
+    before = (copy / "manifest.json").read_bytes()
+    with pytest.raises(EngineBuildError, match="video.fp16.onnx does not match its checksum"):
+        engine.build_engines(copy, progress=False)
+    assert (copy / "manifest.json").read_bytes() == before
+    result = CliRunner().invoke(cli, ["engine", "--bundle", str(copy)])
+    assert result.exit_code == 2 and "does not match its checksum" in result.output
 
 
 def test_manifest_records_the_build(bundle, tmp_path, monkeypatch):

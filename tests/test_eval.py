@@ -12,112 +12,17 @@ import json
 import shutil
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from runtime import dsl_rescale, retrieval_metrics, similarity
+from retrieval_data import EncoderSpy, caption, independent_similarity, write_1ka_csv, write_clip
+from runtime import dsl_rescale, retrieval_metrics
 from runtime.datasets import AnnotationError, load_retrieval_set, read_annotations, read_subsets
 from runtime.metrics import metrics_from_ranks, ranks, v2t_metrics, v2t_ranks
 from runtime.video import VideoDecodeError
 
-COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 230, 40),
-           "white": (240, 240, 240), "black": (20, 20, 20)}
 METRIC_KEYS = ("R1", "R5", "R10", "R50", "MdR", "MnR", "n_queries")
-
-# --------------------------------------------------------------------------------------------
-# shared data (also imported by test_index.py; memoised so the bundle is exported once per session)
-# --------------------------------------------------------------------------------------------
-_SHARED: dict[str, Path] = {}
-
-
-def write_clip(path: Path, colour, seconds: float, fps: int = 10, w: int = 64, h: int = 48) -> Path:
-    """A small MPEG-4 clip: a flat colour with a square of the complementary colour moving right."""
-    container = av.open(str(path), "w")
-    stream = container.add_stream("mpeg4", rate=fps)
-    stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-    for i in range(max(1, int(round(seconds * fps)))):
-        img = np.empty((h, w, 3), np.uint8)
-        img[:] = colour
-        x = (3 * i) % (w - 8)
-        img[10:18, x:x + 8] = 255 - np.asarray(colour, np.uint8)
-        for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-            container.mux(packet)
-    for packet in stream.encode():
-        container.mux(packet)
-    container.close()
-    return path
-
-
-def shared_bundle(tmp_path_factory) -> Path:
-    if "bundle" not in _SHARED:
-        from export.bundle import export_bundle
-
-        out = tmp_path_factory.mktemp("bundle")
-        export_bundle(out, progress=False, int8=False)
-        _SHARED["bundle"] = out
-    return _SHARED["bundle"]
-
-
-def shared_videos(tmp_path_factory) -> Path:
-    """Six clips video0..video5 (1 to 5 s, so 1 to 5 sampled frames of 12)."""
-    if "videos" not in _SHARED:
-        folder = tmp_path_factory.mktemp("clips") / "videos"
-        folder.mkdir()
-        for i, colour in enumerate(COLOURS.values()):
-            write_clip(folder / f"video{i}.mp4", colour, 1 + 0.8 * i)
-        _SHARED["videos"] = folder
-    return _SHARED["videos"]
-
-
-def caption(i: int) -> str:
-    return f"a {list(COLOURS)[i]} screen with a small square moving"
-
-
-def write_1ka_csv(path: Path, n: int = 6) -> Path:
-    rows = ["key,vid_key,video_id,sentence"] + [f"ret{i},msr{i},video{i},{caption(i)}" for i in range(n)]
-    path.write_text("\n".join(rows) + "\n")
-    return path
-
-
-def independent_similarity(bundle_dir: Path, texts, video_paths):
-    """Similarity computed without runtime.eval / runtime.embedding_cache."""
-    from runtime.bundle import open_bundle
-    from runtime.encoder import BundleEncoder
-
-    bundle = open_bundle(bundle_dir)
-    with BundleEncoder(bundle) as encoder:
-        text = encoder.encode_texts(list(texts))
-        videos = encoder.encode_video_files([str(p) for p in video_paths], progress=False)
-    return similarity(text, videos.frame_embeds, videos.frame_mask, **bundle.similarity_args)
-
-
-class EncoderSpy:
-    """Counts what goes through BundleEncoder (wraps the real methods, so results are unchanged)."""
-
-    def __init__(self, monkeypatch):
-        from runtime.encoder import BundleEncoder
-
-        self.videos: list[str] = []
-        self.texts: list[str] = []
-        real_videos, real_texts = BundleEncoder.encode_video_files, BundleEncoder.encode_texts
-        spy = self
-
-        def encode_video_files(self, paths, *args, **kwargs):
-            spy.videos += [Path(p).name for p in paths]
-            return real_videos(self, paths, *args, **kwargs)
-
-        def encode_texts(self, texts, *args, **kwargs):
-            spy.texts += list(texts)
-            return real_texts(self, texts, *args, **kwargs)
-
-        monkeypatch.setattr(BundleEncoder, "encode_video_files", encode_video_files)
-        monkeypatch.setattr(BundleEncoder, "encode_texts", encode_texts)
-
-    def reset(self):
-        self.videos.clear()
-        self.texts.clear()
 
 
 def assert_metrics_equal(reported: dict, expected: dict):
@@ -130,13 +35,8 @@ def assert_metrics_equal(reported: dict, expected: dict):
 # --------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
-def bundle_dir(tmp_path_factory) -> Path:
-    return shared_bundle(tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
-def videos_dir(tmp_path_factory) -> Path:
-    return shared_videos(tmp_path_factory)
+def videos_dir(colour_clips) -> Path:
+    return colour_clips
 
 
 @pytest.fixture()
@@ -210,7 +110,7 @@ def test_annotation_errors_name_file_line_and_column(dataset):
 # --------------------------------------------------------------------------------------------
 
 def test_eval_end_to_end_matches_independent_metrics(bundle_dir, dataset, tmp_path):
-    from runtime.eval import evaluate
+    from runtime.evaluation import evaluate
 
     root, csv_path, videos = dataset
     (root / "subsets.json").write_text(json.dumps({
@@ -255,7 +155,7 @@ def test_eval_end_to_end_matches_independent_metrics(bundle_dir, dataset, tmp_pa
 
 
 def test_eval_multi_caption_jsonl(bundle_dir, dataset, tmp_path):
-    from runtime.eval import evaluate
+    from runtime.evaluation import evaluate
 
     root, _, videos = dataset
     rows = [("video0", "red one"), ("video2", "blue one"), ("video0", "red two"), ("video5", "black one"),
@@ -276,63 +176,99 @@ def test_eval_multi_caption_jsonl(bundle_dir, dataset, tmp_path):
     assert "recall_png" not in data["files"]
 
 
-def test_cache_second_run_encodes_nothing_and_changed_video_is_reencoded(bundle_dir, dataset, tmp_path, monkeypatch):
-    from runtime.eval import evaluate
+def _cached_eval(dataset, tmp_path, **extra):
+    """(run(**overrides) -> evaluate's report with the test's cache, csv, videos) for the cache tests."""
+    from runtime.evaluation import evaluate
 
     _, csv_path, videos = dataset
-    spy = EncoderSpy(monkeypatch)
-    cache = tmp_path / "cache"
-    kwargs = dict(out_dir=tmp_path / "r", cache_dir=cache, progress=False, plot=False)
+    kwargs = dict(out_dir=tmp_path / "r", cache_dir=tmp_path / "cache", progress=False, plot=False, **extra)
+    return lambda bundle_dir, **overrides: evaluate(bundle_dir, csv_path, videos, **{**kwargs, **overrides})
 
-    first = evaluate(bundle_dir, csv_path, videos, **kwargs)
+
+def test_cache_first_run_encodes_everything(bundle_dir, dataset, tmp_path, monkeypatch):
+    spy = EncoderSpy(monkeypatch)
+    first = _cached_eval(dataset, tmp_path)(bundle_dir)
     assert sorted(spy.videos) == [f"video{i}.mp4" for i in range(6)] and len(spy.texts) == 6
     assert first["cache"]["videos_encoded"] == 6
 
-    spy.reset()
-    second = evaluate(bundle_dir, csv_path, videos, **kwargs)
+
+def test_cache_second_run_encodes_nothing(bundle_dir, dataset, tmp_path, monkeypatch):
+    run = _cached_eval(dataset, tmp_path)
+    first = run(bundle_dir)
+    spy = EncoderSpy(monkeypatch)
+    second = run(bundle_dir)
     assert spy.videos == [] and spy.texts == []
     assert (second["cache"]["videos_from_cache"], second["cache"]["texts_from_cache"]) == (6, 6)
     assert second["metrics"] == first["metrics"]
+    assert first["files"]["json"] != second["files"]["json"]  # one report per run
 
-    # a changed file (same name) is encoded again, and only that one
-    write_clip(videos / "video3.mp4", (128, 0, 128), 2.5)
-    spy.reset()
-    third = evaluate(bundle_dir, csv_path, videos, **kwargs)
+
+def test_cache_reencodes_only_a_changed_video(bundle_dir, dataset, tmp_path, monkeypatch):
+    run = _cached_eval(dataset, tmp_path)
+    run(bundle_dir)
+    write_clip(dataset[2] / "video3.mp4", (128, 0, 128), 2.5)  # a changed file under the same name
+    spy = EncoderSpy(monkeypatch)
+    changed = run(bundle_dir)
     assert spy.videos == ["video3.mp4"] and spy.texts == []
-    uncached = evaluate(bundle_dir, csv_path, videos, **{**kwargs, "cache_dir": False})
-    assert third["metrics"] == uncached["metrics"]
-    assert len({first["files"]["json"], second["files"]["json"], third["files"]["json"]}) == 3  # one report per run
+    assert changed["metrics"] == run(bundle_dir, cache_dir=False)["metrics"]
 
-    # another precision is another cache key
-    spy.reset()
-    evaluate(bundle_dir, csv_path, videos, precision="fp16", **kwargs)
+
+def test_cache_another_precision_is_another_key(bundle_dir, dataset, tmp_path, monkeypatch):
+    run = _cached_eval(dataset, tmp_path)
+    run(bundle_dir)
+    spy = EncoderSpy(monkeypatch)
+    run(bundle_dir, precision="fp16")
     assert len(spy.videos) == 6
 
 
-def test_corrupt_video_stops_by_default_and_is_listed_with_skip_bad(bundle_dir, dataset, tmp_path):
-    from runtime.cli import main
-    from runtime.eval import evaluate
-
+@pytest.fixture()
+def truncated_video(dataset):
+    """The dataset plus video6.mp4, truncated to half (unreadable), with its caption on CSV line 8."""
     root, csv_path, videos = dataset
     good = (videos / "video5.mp4").read_bytes()
-    (videos / "video6.mp4").write_bytes(good[: len(good) // 2])  # truncated: unreadable
+    (videos / "video6.mp4").write_bytes(good[: len(good) // 2])
     with csv_path.open("a") as f:
         f.write("ret6,msr6,video6,a truncated file\n")
+    return root, csv_path, videos
 
+
+def _eval_args(bundle_dir, csv_path, videos, tmp_path) -> list[str]:
+    return ["eval", "--bundle", str(bundle_dir), "--csv", str(csv_path), "--videos", str(videos),
+            "--out", str(tmp_path / "cli"), "--cache", str(tmp_path / "c"), "--no-progress"]
+
+
+def test_corrupt_video_stops_the_evaluation_by_default(bundle_dir, truncated_video, tmp_path):
+    from runtime.evaluation import evaluate
+
+    _, csv_path, videos = truncated_video
     with pytest.raises(VideoDecodeError, match=r"video6\.mp4"):
         evaluate(bundle_dir, csv_path, videos, out_dir=tmp_path / "r", cache_dir=tmp_path / "c", progress=False)
-    args = ["eval", "--bundle", str(bundle_dir), "--csv", str(csv_path), "--videos", str(videos),
-            "--out", str(tmp_path / "cli"), "--cache", str(tmp_path / "c"), "--no-progress"]
-    result = CliRunner().invoke(main, args)
+
+
+def test_corrupt_video_is_a_one_line_cli_error_naming_the_file_and_the_fix(bundle_dir, truncated_video, tmp_path):
+    from cli.main import main
+
+    result = CliRunner().invoke(main, _eval_args(bundle_dir, *truncated_video[1:], tmp_path))
     assert result.exit_code != 0 and "video6.mp4" in result.output and "--skip-bad" in result.output
 
-    # a missing file is reported the same way with --skip-bad (and is an annotation error without)
+
+def test_missing_video_is_an_annotation_error_without_skip_bad(bundle_dir, truncated_video, tmp_path):
+    from runtime.evaluation import evaluate
+
+    _, csv_path, videos = truncated_video
     with csv_path.open("a") as f:
         f.write("ret7,msr7,video7,no such file\n")
     with pytest.raises(AnnotationError, match=r"line 9: video_id 'video7'"):
         evaluate(bundle_dir, csv_path, videos, out_dir=tmp_path / "r", cache_dir=False, progress=False)
 
-    result = CliRunner().invoke(main, args + ["--skip-bad"])
+
+def test_skip_bad_lists_corrupt_and_missing_videos_and_drops_their_captions(bundle_dir, truncated_video, tmp_path):
+    from cli.main import main
+
+    _, csv_path, videos = truncated_video
+    with csv_path.open("a") as f:
+        f.write("ret7,msr7,video7,no such file\n")
+    result = CliRunner().invoke(main, _eval_args(bundle_dir, csv_path, videos, tmp_path) + ["--skip-bad"])
     assert result.exit_code == 0, result.output
     assert "skipped 2 unreadable video(s)" in result.output and "text→video" in result.output
     report = json.loads(next((tmp_path / "cli").glob("*.json")).read_text())
@@ -347,7 +283,7 @@ def test_corrupt_video_stops_by_default_and_is_listed_with_skip_bad(bundle_dir, 
 
 
 def test_eval_cli_prints_metrics_and_writes_reports(bundle_dir, dataset, tmp_path):
-    from runtime.cli import main
+    from cli.main import main
 
     _, csv_path, videos = dataset
     out = tmp_path / "out"

@@ -10,23 +10,17 @@ import torch
 from click.testing import CliRunner
 from onnx import TensorProto, helper
 
-import export.bundle as bundle_mod
+import export.exporter as bundle_mod
 from export import manifest as mf
-from export.bundle import ExportValidationError, export_bundle
+from export.exporter import ExportValidationError, export_bundle
 from export.checker import GraphCheckError, assert_trt_compatible, check_graph
 from factories import TINY12, official_state_dict, random_model
-from runtime.cli import main as cli
+from cli.main import main as cli
 from ts2net import TS2NetConfig
 
 
-@pytest.fixture(scope="session")
-def tiny_bundle(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bundle")
-    return export_bundle(out, progress=False, int8=False)  # INT8 graphs: tests/test_openvino.py
-
-
-def test_bundle_files_and_checksums(tiny_bundle):
-    bundle, manifest = tiny_bundle.bundle, tiny_bundle.manifest
+def test_bundle_files_and_checksums(tiny_export):
+    bundle, manifest = tiny_export.bundle, tiny_export.manifest
     names = {p.name for p in bundle.iterdir()}
     assert {"manifest.json", "text.onnx", "video.onnx", "text.fp16.onnx", "video.fp16.onnx", "tokenizer.json",
             "reference.npz", "validation.md"} <= names
@@ -41,7 +35,7 @@ def test_bundle_files_and_checksums(tiny_bundle):
     assert {"torch", "onnx", "onnxruntime"} <= set(on_disk["tools"])
 
 
-def test_graph_io_contract(tiny_bundle):
+def test_graph_io_contract(tiny_export):
     cfg = TS2NetConfig.preset("tiny")
     for name, expected in {
         "text": ({"input_ids": (TensorProto.INT64, ["batch", cfg.max_words])},
@@ -51,25 +45,25 @@ def test_graph_io_contract(tiny_bundle):
                    "patch_indices": (TensorProto.INT64, ["batch", 12, 3])}),
     }.items():
         for suffix in ("", ".fp16"):
-            graph = onnx.load(tiny_bundle.bundle / f"{name}{suffix}.onnx").graph
+            graph = onnx.load(tiny_export.bundle / f"{name}{suffix}.onnx").graph
             for values, wanted in ((graph.input, expected[0]), (graph.output, expected[1])):
                 got = {v.name: (v.type.tensor_type.elem_type,
                                 [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]) for v in values}
                 assert got == wanted, (name, suffix)
 
 
-def test_graphs_are_trt_clean_with_one_sorted_topk(tiny_bundle):
+def test_graphs_are_trt_clean_with_one_sorted_topk(tiny_export):
     for file in ("text.onnx", "video.onnx", "text.fp16.onnx", "video.fp16.onnx"):
-        model = onnx.load(tiny_bundle.bundle / file)
+        model = onnx.load(tiny_export.bundle / file)
         assert check_graph(model) == [], file
         ops = [n.op_type for n in model.graph.node]
         assert not any(op.startswith("Random") for op in ops)
-    video_ops = [n for n in onnx.load(tiny_bundle.bundle / "video.onnx").graph.node if n.op_type == "TopK"]
+    video_ops = [n for n in onnx.load(tiny_export.bundle / "video.onnx").graph.node if n.op_type == "TopK"]
     assert len(video_ops) == 1
 
 
-def test_fp16_graph_keeps_the_selector_in_fp32(tiny_bundle):
-    model = onnx.shape_inference.infer_shapes(onnx.load(tiny_bundle.bundle / "video.fp16.onnx"))
+def test_fp16_graph_keeps_the_selector_in_fp32(tiny_export):
+    model = onnx.shape_inference.infer_shapes(onnx.load(tiny_export.bundle / "video.fp16.onnx"))
     types = {v.name: v.type.tensor_type.elem_type for v in model.graph.value_info}
     selector = [n for n in model.graph.node   # the selector's own nodes, not the boundary casts after it
                 if "/visual_token_selector/" in n.name and not n.name.endswith("__cast_fp16")]
@@ -84,16 +78,16 @@ def test_fp16_graph_keeps_the_selector_in_fp32(tiny_bundle):
             assert types.get(node.output[0]) == TensorProto.FLOAT, node.name
 
 
-def test_validation_figures_meet_both_rows(tiny_bundle):
-    fp32, fp16 = tiny_bundle.parity["fp32"], tiny_bundle.parity["fp16"]
+def test_validation_figures_meet_both_rows(tiny_export):
+    fp32, fp16 = tiny_export.parity["fp32"], tiny_export.parity["fp16"]
     assert fp32.passed and fp16.passed, (fp32.failures, fp16.failures)
     assert fp32.figures["patch_indices"]["agreement"] == 1.0
     assert fp32.figures["text_embeds"]["max_abs_err"] <= 1e-4
-    assert tiny_bundle.manifest["parity"]["fp16"]["figures"]["frame_embeds"]["cosine_mean"] >= 0.999
+    assert tiny_export.manifest["parity"]["fp16"]["figures"]["frame_embeds"]["cosine_mean"] >= 0.999
 
 
-def test_reference_holds_inputs_and_torch_outputs(tiny_bundle):
-    ref = np.load(tiny_bundle.bundle / "reference.npz", allow_pickle=False)
+def test_reference_holds_inputs_and_torch_outputs(tiny_export):
+    ref = np.load(tiny_export.bundle / "reference.npz", allow_pickle=False)
     assert sorted(ref["frame_mask"].sum(1).tolist()) == sorted([12, 11, 5, 1, 12, 11])
     long_caption = ref["input_ids"][-1]
     assert long_caption[-1] == 49407 and (long_caption != 0).all()      # truncated: SOT ... EOT, no padding
@@ -176,23 +170,23 @@ def test_checker_rejects_bad_graphs_naming_nodes():
                                       ], opset=16, initializers=[_k()]))
 
 
-def test_large_graphs_use_external_data(tmp_path, monkeypatch, tiny_bundle):
+def test_large_graphs_use_external_data(tmp_path, monkeypatch, tiny_export):
     import onnxruntime as ort
 
     import export.onnx_graphs as graphs
 
-    model = onnx.load(tiny_bundle.bundle / "text.onnx")
+    model = onnx.load(tiny_export.bundle / "text.onnx")
     monkeypatch.setattr(graphs, "TWO_GB", 1024 ** 2)            # pretend the 2 GB limit is 1 MB
     files = graphs.save_graph(model, tmp_path / "text.onnx")
     assert [f.name for f in files] == ["text.onnx", "text.onnx.data"]
     assert (tmp_path / "text.onnx").stat().st_size < 1024 ** 2 < (tmp_path / "text.onnx.data").stat().st_size
-    ids = np.load(tiny_bundle.bundle / "reference.npz")["input_ids"]
+    ids = np.load(tiny_export.bundle / "reference.npz")["input_ids"]
     out = ort.InferenceSession(str(tmp_path / "text.onnx"), providers=["CPUExecutionProvider"]).run(None, {"input_ids": ids})
-    np.testing.assert_allclose(out[0], np.load(tiny_bundle.bundle / "reference.npz")["text_embeds"], atol=1e-4)
+    np.testing.assert_allclose(out[0], np.load(tiny_export.bundle / "reference.npz")["text_embeds"], atol=1e-4)
 
 
 def test_default_model_is_the_shipped_demo_unless_overridden(monkeypatch, tmp_path):
-    from export.bundle import DEFAULT_MODEL_DIR, default_model
+    from export.exporter import DEFAULT_MODEL_DIR, default_model
 
     monkeypatch.delenv("TS2NET_DEFAULT_MODEL")
     model, source, tokenizer = default_model()

@@ -13,20 +13,15 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from runtime.cli import main
+from cli.main import main
 from runtime.index import VideoIndexError, build_index, open_index, search_index
-from test_eval import EncoderSpy, caption, independent_similarity, shared_bundle, shared_videos, write_clip
-
-
-@pytest.fixture(scope="session")
-def bundle_dir(tmp_path_factory) -> Path:
-    return shared_bundle(tmp_path_factory)
+from retrieval_data import EncoderSpy, caption, independent_similarity, write_clip
 
 
 @pytest.fixture()
-def videos(tmp_path, tmp_path_factory) -> Path:
+def videos(tmp_path, colour_clips) -> Path:
     folder = tmp_path / "videos"
-    shutil.copytree(shared_videos(tmp_path_factory), folder)
+    shutil.copytree(colour_clips, folder)
     return folder
 
 
@@ -70,15 +65,19 @@ def test_index_then_search_returns_the_top_video(bundle_dir, videos, tmp_path):
     np.testing.assert_allclose([t["results"][0]["score"] for t in top], sim.max(axis=1), atol=0.05)
 
 
-def test_index_resumes_and_reencodes_only_new_or_changed_videos(bundle_dir, videos, tmp_path, monkeypatch):
-    spy = EncoderSpy(monkeypatch)
-    index_dir, cache = tmp_path / "index", tmp_path / "cache"
+# The life of one index, one phase per test: each test replays the phases before it (helpers, no
+# asserts) so a failure in one phase never hides the checks of the next.
+def _hold_back(videos: Path, tmp_path: Path) -> Path:
+    """Move video4/5 aside, to be added later."""
     held_back = tmp_path / "later"
     held_back.mkdir()
     for name in ("video4.mp4", "video5.mp4"):
         (videos / name).rename(held_back / name)
+    return held_back
 
-    # an interrupted first build: the second chunk fails, nothing is committed, chunk 1 is cached
+
+def _interrupted_build(bundle_dir, videos, index_dir, cache, monkeypatch) -> None:
+    """A first build whose second chunk (video2/3) is interrupted; chunk 1 (video0/1) reached the cache."""
     from runtime.encoder import BundleEncoder
 
     wrapped = BundleEncoder.encode_video_files
@@ -93,29 +92,62 @@ def test_index_resumes_and_reencodes_only_new_or_changed_videos(bundle_dir, vide
     monkeypatch.setattr(BundleEncoder, "encode_video_files", interrupted)
     with pytest.raises(KeyboardInterrupt):
         build_index(bundle_dir, videos, index_dir, cache_dir=cache, progress=False, chunk_size=2)
-    assert not (index_dir / "index.json").exists()
     monkeypatch.setattr(BundleEncoder, "encode_video_files", wrapped)
 
-    spy.reset()
+
+def _four_video_index(bundle_dir, videos, tmp_path, monkeypatch):
+    """Phases 1-2: interrupted, then resumed; (index dir, held-back folder, resumed build's metadata)."""
+    index_dir, cache = tmp_path / "index", tmp_path / "cache"
+    held_back = _hold_back(videos, tmp_path)
+    _interrupted_build(bundle_dir, videos, index_dir, cache, monkeypatch)
+    return index_dir, held_back, build_index(bundle_dir, videos, index_dir, cache_dir=cache, progress=False,
+                                             chunk_size=2)
+
+
+def _six_video_index(bundle_dir, videos, tmp_path, monkeypatch) -> Path:
+    """Phases 1-3: the four-video index, then video4/5 added."""
+    index_dir, held_back, _ = _four_video_index(bundle_dir, videos, tmp_path, monkeypatch)
+    for name in ("video4.mp4", "video5.mp4"):
+        (held_back / name).rename(videos / name)
+    build_index(bundle_dir, videos, index_dir, cache_dir=False, progress=False)
+    return index_dir
+
+
+def test_interrupted_index_build_commits_nothing(bundle_dir, videos, tmp_path, monkeypatch):
+    _hold_back(videos, tmp_path)
+    _interrupted_build(bundle_dir, videos, tmp_path / "index", tmp_path / "cache", monkeypatch)
+    assert not (tmp_path / "index" / "index.json").exists()
+
+
+def test_resumed_index_build_encodes_only_what_the_cache_lacks(bundle_dir, videos, tmp_path, monkeypatch):
+    index_dir, cache = tmp_path / "index", tmp_path / "cache"
+    _hold_back(videos, tmp_path)
+    _interrupted_build(bundle_dir, videos, index_dir, cache, monkeypatch)
+    spy = EncoderSpy(monkeypatch)
     meta = build_index(bundle_dir, videos, index_dir, cache_dir=cache, progress=False, chunk_size=2)
     assert spy.videos == ["video2.mp4", "video3.mp4"]  # video0/1 came from the cache
     assert (meta["n_videos"], meta["build"]["from_cache"], meta["build"]["encoded"]) == (4, 2, 2)
 
-    # new videos: only they are encoded; the others are taken from the index itself (no cache)
+
+def test_new_videos_are_encoded_and_the_others_reused_from_the_index(bundle_dir, videos, tmp_path, monkeypatch):
+    index_dir, held_back, _ = _four_video_index(bundle_dir, videos, tmp_path, monkeypatch)
     for name in ("video4.mp4", "video5.mp4"):
         (held_back / name).rename(videos / name)
-    spy.reset()
-    meta = build_index(bundle_dir, videos, index_dir, cache_dir=False, progress=False)
+    spy = EncoderSpy(monkeypatch)
+    meta = build_index(bundle_dir, videos, index_dir, cache_dir=False, progress=False)  # no cache: from the index
     assert spy.videos == ["video4.mp4", "video5.mp4"]
     assert (meta["n_videos"], meta["build"]["reused_from_index"]) == (6, 4)
 
-    # a changed video is re-encoded; a removed one leaves the index; one generation of arrays remains
+
+def test_changed_video_is_reencoded_and_a_removed_one_leaves_the_index(bundle_dir, videos, tmp_path, monkeypatch):
+    index_dir = _six_video_index(bundle_dir, videos, tmp_path, monkeypatch)
     write_clip(videos / "video1.mp4", (0, 128, 128), 3.0)
     (videos / "video0.mp4").unlink()
-    spy.reset()
+    spy = EncoderSpy(monkeypatch)
     meta = build_index(bundle_dir, videos, index_dir, cache_dir=False, progress=False)
     assert spy.videos == ["video1.mp4"]
     assert [v["id"] for v in meta["videos"]] == [f"video{i}" for i in range(1, 6)]
+    # one generation of arrays remains
     assert sorted(p.name for p in index_dir.iterdir()) == sorted(["index.json", *meta["arrays"].values()])
     index = open_index(index_dir)
     assert index.frame_embeds.shape[:2] == (5, 12) and index.frame_embeds.dtype == np.float16

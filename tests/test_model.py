@@ -160,7 +160,7 @@ def test_token_mask_modes():
 
 
 def numpy_similarity(text, frames, mask, logit_scale, mode, m=4, factor=4.0):
-    """Independent loop implementation of semantics sections 6-7."""
+    """Independent loop implementation of docs/semantics.md rows 6-7."""
     text, frames = np.asarray(text, np.float64), np.asarray(frames, np.float64)
     nv, t_frames, _ = frames.shape
     out = np.zeros((len(text), nv))

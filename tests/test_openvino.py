@@ -16,17 +16,17 @@ from runtime.backends import BackendUnavailable, create_backend
 from runtime.bundle import Bundle, open_bundle, sha256_file
 from runtime.encoder import BundleEncoder
 from runtime.parity import THRESHOLDS, compare_outputs
-from runtime.parity_cli import check_reference, parity_command, retrieval_gates
+from runtime.parity_check import check_reference, retrieval_gates
 from runtime.path_choice import fastest_gated_path, gated_precisions
+from cli.parity import parity_command
 from test_backends import write_mp4
-from test_runtime_bundle import bundle_dir  # noqa: F401  (session fixture: one export per session, with INT8)
 
 HAS_BF16 = ovb.precision_status("bf16")[0]
 NO_BF16_REASON = "this CPU does not report BF16 to OpenVINO: " + ovb.precision_status("bf16")[1]
 
 
 @pytest.fixture(scope="module")
-def bundle(bundle_dir):  # noqa: F811
+def bundle(bundle_dir):
     return open_bundle(bundle_dir)
 
 
@@ -102,7 +102,7 @@ def test_refusal_when_the_int8_graph_is_missing(bundle):
             create_backend(without, "video", backend, "int8")
 
 
-def test_parity_skip_unsupported_reports_the_reason(bundle_dir, tmp_path, monkeypatch):  # noqa: F811
+def test_parity_skip_unsupported_reports_the_reason(bundle_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(ovb, "cpu_capabilities", lambda: ["FP32", "INT8"])
     args = ["--bundle", str(bundle_dir), "--backend", "openvino", "--precision", "bf16", "--out", str(tmp_path)]
     refused = CliRunner().invoke(parity_command, args)
@@ -138,7 +138,7 @@ def test_int8_export_writes_files_manifest_entries_and_checksums(bundle):
         assert row["figures"]["frame_embeds"]["cosine_mean"] >= 0.995
 
 
-def test_an_altered_int8_ir_is_refused(bundle_dir, tmp_path):  # noqa: F811
+def test_an_altered_int8_ir_is_refused(bundle_dir, tmp_path):
     copy = shutil.copytree(bundle_dir, tmp_path / "b")
     weights = copy / "video.int8.bin"
     weights.write_bytes(weights.read_bytes()[:-16])
@@ -179,8 +179,8 @@ def test_int8_passes_its_gates_on_the_reference_inputs(bundle, backend):
     assert fig["text_embeds"]["cosine_min"] >= 0.99 and fig["frame_embeds"]["cosine_mean"] >= 0.995
 
 
-def test_quantize_command_calibrates_on_given_videos_and_captions(bundle_dir, tmp_path):  # noqa: F811
-    from export.cli import quantize_command
+def test_quantize_command_calibrates_on_given_videos_and_captions(bundle_dir, tmp_path):
+    from cli.export import quantize_command
 
     copy = shutil.copytree(bundle_dir, tmp_path / "b")
     videos = tmp_path / "calib"
@@ -240,11 +240,34 @@ def test_retrieval_gates_report_every_figure_and_fail_each_direction():
 
 
 # ------------------------------------------------------------------------------ default path
-def test_fastest_gated_path_prefers_openvino_int8_and_falls_back_when_a_gate_failed(bundle):
-    assert fastest_gated_path(bundle)[:2] == ("openvino", "int8")
+def with_real_data(bundle, **outcomes) -> Bundle:
+    """The bundle with recorded real-data gate outcomes, e.g. with_real_data(b, openvino_int8=True)."""
     manifest = json.loads(json.dumps(bundle.manifest))
-    manifest["parity"]["int8_openvino"]["passed"] = False
-    manifest["parity"]["int8"]["passed"] = False
-    fallback = fastest_gated_path(Bundle(bundle.path, manifest))[:2]
-    assert fallback == (("openvino", "bf16") if HAS_BF16 and manifest["parity"]["bf16"]["passed"] else
-                        ("openvino", "fp32"))
+    manifest["parity"]["real_data"] = {key.replace("_", " ", 1): {"passed": passed} for key, passed in outcomes.items()}
+    return Bundle(bundle.path, manifest)
+
+
+def test_fastest_gated_path_needs_a_real_data_pass_for_reduced_precision(bundle):
+    fp32_first = fastest_gated_path(bundle)
+    assert fp32_first[1] == "fp32" and "ts2net parity" in fp32_first[2]  # reference gates alone are not enough
+    assert ("openvino", "int8") in gated_precisions(bundle)            # ... but they are for the benchmark column
+    assert fastest_gated_path(with_real_data(bundle, openvino_int8=True))[:2] == ("openvino", "int8")
+    failed = with_real_data(bundle, openvino_int8=False, openvino_bf16=True, **{"ort-cpu_int8": True})
+    assert ("openvino", "int8") not in gated_precisions(failed)
+    assert fastest_gated_path(failed)[:2] == (("openvino", "bf16") if HAS_BF16 else ("ort-cpu", "int8"))
+
+
+def test_a_real_data_parity_run_records_its_gate_in_the_manifest(bundle_dir, tmp_path):
+    from runtime.gate_record import record_real_data_gate
+
+    copy = shutil.copytree(bundle_dir, tmp_path / "b")
+    real = {"annotations": "x.csv", "n_captions": 3, "n_videos": 3, "failures": ["real data: t2v top-1 ..."],
+            "retrieval": {"top1_agreement": 0.5, "r1_delta_points": 0.0}}
+    record_real_data_gate(copy, "openvino", "int8", real)
+    record_real_data_gate(copy, "openvino", "bf16", dict(real, failures=[]))
+    entries = json.loads((copy / "manifest.json").read_text())["parity"]["real_data"]
+    assert entries["openvino int8"]["passed"] is False and entries["openvino int8"]["figures"]["top1_agreement"] == 0.5
+    assert entries["openvino bf16"]["passed"] is True
+    reopened = open_bundle(copy)  # the bundle id and every checksum are untouched
+    assert reopened.content_id == open_bundle(bundle_dir).content_id
+    assert ("openvino", "int8") not in gated_precisions(reopened)

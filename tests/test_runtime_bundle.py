@@ -1,7 +1,7 @@
 """runtime.bundle: manifest schema, checksums, invalid bundles, and the facts a bundle exposes.
 
-The session fixture `bundle_dir` exports the fixed-seed tiny model once per test session (other
-runtime test modules import it); tests that damage a bundle work on a copy.
+The session fixture `bundle_dir` (tests/conftest.py) exports the fixed-seed tiny model once per test
+session; tests that damage a bundle work on a copy.
 """
 from __future__ import annotations
 
@@ -13,17 +13,6 @@ import numpy as np
 import pytest
 
 from runtime.bundle import Bundle, BundleError, open_bundle, schema_problems
-
-
-@pytest.fixture(scope="session")
-def bundle_dir(tmp_path_factory) -> Path:
-    """A valid tiny bundle, exported once per session (its directory is shared: do not modify it)."""
-    path = tmp_path_factory.getbasetemp() / "tiny-bundle"
-    if not (path / "manifest.json").is_file() or not json.loads((path / "manifest.json").read_text()).get("valid"):
-        from export.bundle import export_bundle
-
-        export_bundle(path, progress=False)
-    return path
 
 
 @pytest.fixture
@@ -57,10 +46,10 @@ def test_open_exposes_the_manifest_facts(bundle_dir):
 
 
 def test_sha256_is_a_short_stable_id_that_follows_the_graphs(bundle_dir, bundle_copy):
-    first, again = open_bundle(bundle_dir).sha256, open_bundle(bundle_copy).sha256
+    first, again = open_bundle(bundle_dir).content_id, open_bundle(bundle_copy).content_id
     assert first == again and len(first) == 16 and int(first, 16) >= 0
     edit_manifest(bundle_copy, lambda m: m["graphs"]["text"]["fp32"].update(sha256="0" * 64))
-    assert open_bundle(bundle_copy, verify=False).sha256 != first
+    assert open_bundle(bundle_copy, verify=False).content_id != first
 
 
 def test_checksum_mismatch_names_the_file(bundle_copy):

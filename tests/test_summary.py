@@ -5,7 +5,8 @@ import json
 
 from click.testing import CliRunner
 
-from runtime.summary import ablation_markdown, build_summary, main
+from cli.summary import summary_command as main
+from runtime.summary import ablation_markdown, build_summary
 
 
 def _eval_report(r1: float, motion_r1: float) -> dict:
@@ -53,3 +54,18 @@ def test_summary_reads_manifest_and_reports(tmp_path):
     assert data["eval"]["metrics"]["t2v"]["R1"] == 42.0
     assert "| t2v | 42.0 |" in markdown and "| motion subset t2v | 12.0 |" in markdown
     assert "| fp32 | 1.0000000 | 0.9999000 |" in markdown
+
+
+def test_summary_of_an_eval_whose_subset_has_no_video(tmp_path):
+    """A subset without evaluated videos (eval writes only a note for it) is a row of dashes, not a KeyError."""
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "manifest.json").write_text(json.dumps({"model": {"name": "demo"}, "source_checkpoint": {"name": "ts2net/demo"},
+                                                   "valid": True, "parity": {}}))
+    report = _eval_report(42.0, 12.0)
+    report["subsets"]["motion"] = {"n_videos": 0, "n_captions": 0, "note": "no evaluated video belongs to this subset"}
+    (tmp_path / "reports" / "eval").mkdir(parents=True)
+    (tmp_path / "reports" / "eval" / "eval-test.json").write_text(json.dumps(report))
+    _, markdown = build_summary(bundle, tmp_path / "reports", None)
+    assert "| motion subset t2v | - | - | - | - | - | - |" in markdown
+    assert "| small_object subset t2v | 42.0 |" in markdown

@@ -1,4 +1,4 @@
-"""Tests of the synthetic benchmark generator (ts2net.synthbench).
+"""Tests of the synthetic benchmark generator (synthbench).
 
 A tiny dataset (6 train, 2 val, 8 test clips of 2-3 s) is generated once per
 module and checked for layout, determinism, hard-pair structure and
@@ -18,19 +18,19 @@ import av
 import numpy as np
 import pytest
 
-from ts2net.synthbench import generate as gen
-from ts2net.synthbench.captions import (
+from synthbench import generate as gen
+from synthbench.captions import (
     MAX_CAPTION_WORDS, MOTION_PHRASES, SHAPE_WORDS, SIZE_WORDS, caption_length, captions_for, motions_in,
 )
-from ts2net.synthbench.generate import encode_clip, generate_dataset, load_annotations, plan
-from ts2net.synthbench.scene import (
+from synthbench.generate import encode_clip, generate_dataset, load_annotations, plan
+from synthbench.scene import (
     COLOURS, MOTIONS, OPPOSITE, PALETTE, SHAPES, SIZES, BackgroundSpec, GenParams, ObjectSpec, SceneSpec,
     content_key, plan_split,
 )
 
 SHORT = GenParams(min_duration=2.0, max_duration=3.0)
 COUNTS = dict(n_train=6, n_val=2, n_test=8)
-PACKAGE = Path(__file__).resolve().parents[1] / "ts2net" / "synthbench"
+PACKAGE = Path(__file__).resolve().parents[1] / "synthbench"
 #: Words that may differ between the two captions of a motion pair: those
 #: where a phrase and its opposite's phrase at the same position differ.
 DIRECTION_WORDS = {
@@ -438,7 +438,7 @@ def test_train_gets_several_phrasings():
 
 
 def test_modules_avoid_torch_and_siblings():
-    allowed = {"numpy", "av", "PIL", "tqdm", "click", "__future__"}
+    allowed = {"numpy", "av", "PIL", "tqdm", "__future__"}
     import sys
     for path in PACKAGE.glob("*.py"):
         tree = ast.parse(path.read_text())
@@ -447,7 +447,7 @@ def test_modules_avoid_torch_and_siblings():
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom):
                 assert node.level <= 1, f"{path.name} reaches outside the package"
-                if node.level == 1:  # a sibling inside ts2net.synthbench
+                if node.level == 1:  # a sibling inside synthbench
                     continue
                 names = [node.module]
             else:
@@ -460,7 +460,7 @@ def test_modules_avoid_torch_and_siblings():
 def test_cli(tmp_path):
     from click.testing import CliRunner
 
-    from ts2net.synthbench.generate import main
+    from cli.synthbench import synthbench_command as main
 
     out = tmp_path / "cli"
     result = CliRunner().invoke(main, ["--out", str(out), "--train", "0", "--val", "0", "--test", "2",

@@ -19,16 +19,17 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 import ts2net
-import ts2net.data as data_mod
+import ts2net.training.frame_cache as data_mod
 import ts2net.model as model_mod
 from runtime import load_tokenizer
 from runtime.video import VideoDecodeError, load_video
 from ts2net.config import TS2NetConfig
-from ts2net.data import FrameCache, TrainClips, cached_split, load_split
+from ts2net.training.frame_cache import FrameCache, TrainClips, cached_split, load_split
 from ts2net.selection import perturbed_topk
-from ts2net.train import (EmbedBatch, batch_loss, param_groups, train_command,
-                          warmup_cosine)
-from ts2net.train_tokenizer import train_caption_tokenizer
+from cli.train import train_command
+from ts2net.training.loss import EmbedBatch, batch_loss
+from ts2net.training.optim import param_groups, warmup_cosine
+from ts2net.training.tokenizer import train_caption_tokenizer
 
 FRAMES = 4  # max_frames of the tiny test models (2-3 s clips give 2-3 real frames)
 TINY_SETS = (f"max_frames={FRAMES}", "perturbed_samples=8")
@@ -39,7 +40,7 @@ CAPTIONS = ["a small red circle moves left", "a big blue square spins while a ti
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory) -> Path:
     """6 train clips (5 captions each) and 3 val clips, 2-3 s long."""
-    from ts2net.synthbench import GenParams, generate_dataset
+    from synthbench import GenParams, generate_dataset
 
     root = tmp_path_factory.mktemp("bench")
     generate_dataset(root, seed=0, n_train=6, n_val=3, n_test=0, workers=1, progress=False,
@@ -49,7 +50,7 @@ def bench(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def tokenizer(bench, tmp_path_factory):
-    from ts2net.synthbench import load_annotations
+    from synthbench import load_annotations
 
     path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
     train_caption_tokenizer([c for _, c in load_annotations(bench).train], 320, path)
@@ -337,7 +338,7 @@ def test_all_gather_loss_and_gradients_match_one_process(tokenizer, tmp_path, mo
 
 # ---------------------------------------------------------------------------- hard pairs in batches
 def test_paired_batches_keep_pairs_together_and_split_over_processes():
-    from ts2net.data import PairedBatchSampler
+    from ts2net.training.frame_cache import PairedBatchSampler
 
     partner = np.full(40, -1)
     for a, b in [(0, 1), (5, 9), (10, 11), (20, 33), (38, 39)]:

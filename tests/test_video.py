@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from media import write_video
 from runtime import video as rv
 from runtime.video import (
     CLIP_MEAN,
@@ -82,28 +83,21 @@ def read_code(rgb: np.ndarray) -> int:
     return code
 
 
-def write_video(path: Path, n: int, rate, w: int, h: int, codec: str, fmt: str | None = None,
-                bt709: bool = False) -> Path:
-    container = av.open(str(path), "w", format=fmt)
-    stream = container.add_stream(codec, rate=rate)
-    stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-    ctx = stream.codec_context
-    ctx.gop_size = 20  # samples land mid-GOP, so cv2 really has to seek + decode forward
-    if codec == "libx264":
-        stream.options = {"crf": "18", "preset": "veryfast"}  # veryfast keeps B-frames
-    else:
-        ctx.bit_rate = 4_000_000
-    if bt709:
-        ctx.colorspace = 1  # AVCOL_SPC_BT709
-        ctx.color_range = 1  # AVCOL_RANGE_MPEG
-    for i in range(n):
-        frame = av.VideoFrame.from_ndarray(frame_image(i, w, h), format="rgb24")
-        for packet in stream.encode(frame):
-            container.mux(packet)
-    for packet in stream.encode():
-        container.mux(packet)
-    container.close()
-    return path
+def write_spec_video(path: Path, n: int, rate, w: int, h: int, codec: str, fmt: str | None = None,
+                     bt709: bool = False) -> Path:
+    def configure(stream) -> None:
+        ctx = stream.codec_context
+        ctx.gop_size = 20  # samples land mid-GOP, so cv2 really has to seek + decode forward
+        if codec == "libx264":
+            stream.options = {"crf": "18", "preset": "veryfast"}  # veryfast keeps B-frames
+        else:
+            ctx.bit_rate = 4_000_000
+        if bt709:
+            ctx.colorspace = 1  # AVCOL_SPC_BT709
+            ctx.color_range = 1  # AVCOL_RANGE_MPEG
+
+    return write_video(path, (frame_image(i, w, h) for i in range(n)), rate, codec, container_format=fmt,
+                       configure=configure)
 
 
 # name: (frames, rate, width, height, codec, container format, bt709)
@@ -133,7 +127,7 @@ def videos(tmp_path_factory) -> dict[str, Path]:
         if codec is None:
             continue
         ext = ".mkv" if fmt == "matroska" else ".mp4"
-        out[name] = write_video(root / f"{name}{ext}", n, rate, w, h, codec, fmt, bt709)
+        out[name] = write_spec_video(root / f"{name}{ext}", n, rate, w, h, codec, fmt, bt709)
     return out
 
 
@@ -410,15 +404,8 @@ def test_audio_only_file(tmp_path):
 def test_truncated_to_half(tmp_path, faststart):
     """Index at the end (default): open fails. Index first (faststart): decoding hits the cut."""
     full = tmp_path / "full.mp4"
-    container = av.open(str(full), "w", options={"movflags": "faststart"} if faststart else {})
-    stream = container.add_stream("libx264", rate=30)
-    stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
-    for i in range(150):
-        for packet in stream.encode(av.VideoFrame.from_ndarray(frame_image(i, 160, 120), format="rgb24")):
-            container.mux(packet)
-    for packet in stream.encode():
-        container.mux(packet)
-    container.close()
+    write_video(full, (frame_image(i, 160, 120) for i in range(150)), 30, "libx264",
+                container_options={"movflags": "faststart"} if faststart else None)
     data = full.read_bytes()
     cut = tmp_path / "half.mp4"
     cut.write_bytes(data[: len(data) // 2])

@@ -1,6 +1,6 @@
 """Loading and saving TS2-Net weights, every key and shape checked.
 
-Three formats (semantics section 9):
+Three formats (docs/semantics.md, row 9):
 * official TS2-Net checkpoints `pytorch_model.bin.N`: a pickled state dict with `clip.`-prefixed
   CLIP keys; the attention of shifted blocks is stored as `attn.net.*`; fp16 CLIP weights are
   cast to fp32; unused official modules are accepted and ignored. No CLIP file is needed.
@@ -20,7 +20,8 @@ from typing import Any, Mapping
 
 import torch
 
-from ._io import atomic_write_bytes
+from runtime.files import atomic_write_bytes
+
 from .config import TS2NetConfig
 from .model import TS2Net
 

@@ -15,7 +15,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
-FRAME_MASK_MODES = ("official", "fixed")
+from runtime.bundle_format import FRAME_MASK_MODES
+
 #: Temporal heads, named as in the official code (CLIP4Clip's `--sim_header`): "seqTransf" (TS2-Net's:
 #: frame positions + temporal transformer over each frame's kept tokens) and "meanP" (CLIP4Clip's
 #: parameter-free mean of the normalised frame CLS embeddings; the ablation baseline).
@@ -44,7 +45,7 @@ class TS2NetConfig:
     max_frames: int = 12           # T, frames per video (padded frames included)
     max_words: int = 32            # L, text length including SOT and EOT
     frame_softmax_factor: float = 4.0  # the "4" in softmax(4 * u) over frames (similarity)
-    frame_mask_mode: str = "fixed"  # "official" (tiled-mask quirk) or "fixed": semantics section 6
+    frame_mask_mode: str = "fixed"  # "official" (tiled-mask quirk) or "fixed": docs/semantics.md row 6
     perturbed_samples: int = 500   # noisy copies of the scores in the training-time perturbed top-K
     perturbed_sigma: float = 0.05  # noise scale of the perturbed top-K
     perturbed_gradient: str = "full"  # "full" (Berthet et al.) or "diagonal" (the official code's einsum)
@@ -144,7 +145,7 @@ class TS2NetConfig:
         return TS2NetConfig.from_dict({**self.to_dict(), **overrides}, source="config overrides")
 
     def save(self, path: str | Path) -> None:
-        from ts2net._io import atomic_write_text
+        from runtime.files import atomic_write_text
 
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
@@ -172,7 +173,7 @@ class TS2NetConfig:
     # ------------------------------------------------------------------ inference from weights
     @classmethod
     def from_state_dict(cls, state: Mapping[str, Any], prefix: str = "", **overrides: Any) -> "TS2NetConfig":
-        """Infer the CLIP tower sizes from tensor shapes (semantics section 9).
+        """Infer the CLIP tower sizes from tensor shapes (docs/semantics.md, row 9).
 
         `prefix` is "clip." for TS2-Net checkpoints and "" for OpenAI CLIP state dicts.
         """

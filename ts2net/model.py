@@ -1,7 +1,7 @@
 """TS2-Net (Token Shift and Selection Transformer) in one readable file.
 
 Reproduces the official implementation's inference number for number (see
-`docs/semantics.md` / shared `ts2net-semantics.md`), with one deliberate difference: token
+`docs/semantics.md`), with one deliberate difference: token
 selection at inference is *hard* top-K (the sigma -> 0 limit of the official perturbed top-K),
 so the exported graphs are deterministic. Parameter names mirror the official checkpoints
 (`clip.visual...`, `transformerClip...`, `visual_token_selector...`) so loading is a key check,
@@ -19,12 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from runtime.bundle_format import MASKED_FRAME_VALUE  # masked frames before the frame softmax
+
 from .config import TS2NetConfig
 from .selection import hard_topk_ascending, perturbed_topk
 
 FRAME_POSITION_INIT_STD = 0.5  # from-scratch init of frame_position_embeddings (see reset_parameters)
 TEMPORAL_MASK_VALUE = -1e6  # additive attention mask of the temporal transformer (official value)
-FRAME_MASKED_VALUE = -1e18  # masked frames before the frame softmax (official value)
 
 
 class QuickGELU(nn.Module):
@@ -56,7 +57,7 @@ class Attention(nn.Module):
 
 
 class TokenShift(nn.Module):
-    """Moves whole patch tokens between neighbouring frames (semantics section 4).
+    """Moves whole patch tokens between neighbouring frames (docs/semantics.md, row 4).
 
     Forward positions 1, 1+fold, ... take the previous frame's token; backward positions
     4, 4+fold, ... take the next frame's token (assigned second, so it wins where both apply);
@@ -188,7 +189,7 @@ class ScorePredictor(nn.Module):
 
 
 class TokenSelector(nn.Module):
-    """Keeps each frame's CLS token plus its top-K patch tokens (semantics section 5)."""
+    """Keeps each frame's CLS token plus its top-K patch tokens (docs/semantics.md, row 5)."""
 
     def __init__(self, cfg: TS2NetConfig):
         super().__init__()
@@ -233,7 +234,7 @@ def frame_weighted_similarity(text_embeds: torch.Tensor, frame_embeds: torch.Ten
     m = frame_mask.to(torch.bool).unsqueeze(-1)                       # (Nv, T, 1)
     u = s * m
     u = u / u.norm(dim=1, keepdim=True)
-    u = u.masked_fill(~m, FRAME_MASKED_VALUE)
+    u = u.masked_fill(~m, MASKED_FRAME_VALUE)
     w = torch.softmax(softmax_factor * u, dim=1)
     return logit_scale * (w * s).sum(dim=1).t()                       # (Nt, Nv)
 

@@ -1,4 +1,4 @@
-"""Top-K token selection operators (semantics section 5).
+"""Top-K token selection operators (docs/semantics.md, row 5).
 
 * `hard_topk_ascending`: inference. One TopK (constant K, sorted), then the K indices put in
   ascending (raster) order by counting, for each index, how many of the others are smaller.

@@ -1,6 +1,6 @@
 """`ts2net parity`: does a backend give the same answers as the PyTorch FP32 model?
 
-Two checks, each against the row of the design's parity table for the precision under test:
+Two checks, each against the row of the parity table (docs/runtime.md) for the precision under test:
 
 1. Reference inputs: the bundle's `reference.npz` holds inputs and the PyTorch FP32 outputs
    recorded at export, so this check needs no torch. The backend's outputs go through
@@ -11,24 +11,17 @@ Two checks, each against the row of the design's parity table for the precision 
    own validation, and the report says so. Figures: the same comparison plus top-1 agreement and
    the R@1 delta (text-to-video) of `runtime.metrics.retrieval_metrics`.
 
-Every failure of both checks is listed at once. Exit codes: 0 all checks pass, 1 a parity check
-fails, 2 the check could not run (bad bundle, backend unavailable, unreadable data).
+Every failure of both checks is listed at once; `run_parity` raises BundleError, BackendUnavailable,
+OSError or ValueError when the check cannot run (the CLI maps those to exit code 2, failures to 1).
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import click
 import numpy as np
 
-from .backends import BACKENDS
-
 STAND_IN = ("ort-cpu", "fp32")  # the real-data reference: the FP32 graph on ONNX Runtime CPU
-
-
-class CannotRun(click.ClickException):
-    exit_code = 2
 
 
 def _precision_row(encoder) -> str:
@@ -152,7 +145,7 @@ def render_markdown(report: dict[str, Any], reference_md: str) -> str:
     lines = [f"# Parity: {report['backend']} ({report['precision']}) — {'PASS' if report['passed'] else 'FAIL'}", "",
              f"Bundle `{report['bundle']['path']}` (id {report['bundle']['id']}, model {report['bundle']['model']}, "
              f"source: {report['bundle']['source']}).", "",
-             f"Thresholds: the {report['precision']} row of the design's parity table.", ""]
+             f"Thresholds: the {report['precision']} row of the parity table (docs/runtime.md).", ""]
     if report["failures"]:
         lines += ["## Failures", "", *[f"- {f}" for f in report["failures"]], ""]
     lines += ["## Reference inputs vs PyTorch FP32 (reference.npz)", "", reference_md]
@@ -182,64 +175,31 @@ def render_markdown(report: dict[str, Any], reference_md: str) -> str:
     return "\n".join(lines)
 
 
-@click.command("parity")
-@click.option("--bundle", "bundle_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Bundle directory.")
-@click.option("--backend", type=click.Choice(BACKENDS), default="ort-cpu", show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16", "int8"]), default=None,
-              help="fp32 / fp16 / int8 graph for ONNX Runtime; fp32 / bf16 / int8 for OpenVINO (default fp32); "
-                   "TensorRT runs its engine's precision.")
-@click.option("--csv", "annotations", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Captions: MSR-VTT 1k-A CSV (key,vid_key,video_id,sentence), or CSV/JSONL of video_id,caption.")
-@click.option("--videos", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="Folder of {video_id}.mp4 files for --csv.")
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N videos of --csv.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("reports/parity"),
-              show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
-@click.option("--workers", type=click.IntRange(min=0), default=0, help="Video decoding threads.")
-@click.option("--progress/--no-progress", default=True, show_default=True)
-@click.option("--record/--no-record", default=True, show_default=True,
-              help="With --csv/--videos: record the real-data gate outcome in the bundle's manifest, so `ts2net "
-                   "index` / `search` never default to a path that failed on real data.")
-@click.option("--skip-unsupported", is_flag=True,
-              help="Exit 0 with a report saying why when the backend / precision cannot run on this machine "
-                   "(e.g. bf16 on a CPU without BF16), instead of failing.")
-def parity_command(bundle_dir, backend, precision, annotations, videos, limit, out_dir, batch_size, threads, workers,
-                   progress, record, skip_unsupported):
-    """Compare a backend with the PyTorch FP32 reference; non-zero exit on any failure."""
-    from .backends import BackendUnavailable
-    from .bundle import BundleError, open_bundle
+def run_parity(bundle_dir: Path, backend: str, precision: str | None, annotations: Path | None,
+               videos: Path | None, limit: int | None, out_dir: Path, batch_size: int = 16,
+               threads: int | None = None, workers: int = 0,
+               progress: bool = True, record: bool = True) -> tuple[dict[str, Any], Path, Path]:
+    """Both checks on one backend; writes parity.{json,md} into `out_dir`; (report, json path, md path).
+
+    record: write the real-data gate outcome into the bundle's manifest (runtime/gate_record.py), so
+    the default path of `ts2net index` / `search` never stays on a path that failed on real data.
+    """
+    from .bundle import open_bundle
     from .encoder import BundleEncoder
     from .reports import environment, write_report
 
-    if (annotations is None) != (videos is None):
-        raise click.UsageError("--csv and --videos go together")
-    try:
-        bundle = open_bundle(bundle_dir)
-        encoder = BundleEncoder(bundle, backend, precision, batch_size=batch_size, threads=threads)
-        with encoder:
-            row = _precision_row(encoder)
-            reference = check_reference(bundle, encoder)
-            real = (check_real_data(bundle, encoder, annotations, videos, limit, batch_size, threads, progress,
-                                    workers) if annotations is not None else None)
-    except BackendUnavailable as exc:
-        if not skip_unsupported:
-            raise CannotRun(str(exc)) from exc
-        report = {"command": "parity", "passed": None, "skipped": str(exc), "backend": backend,
-                  "precision": precision, "bundle": {"path": str(Path(bundle_dir).resolve())},
-                  "environment": environment()}
-        write_report(out_dir, "parity", report, f"# Parity: {backend} ({precision}): not run here\n\n{exc}\n")
-        click.echo(f"parity {backend} {precision}: SKIPPED on this machine: {exc}")
-        return
-    except (BundleError, OSError, ValueError) as exc:
-        raise CannotRun(str(exc)) from exc
+    bundle = open_bundle(bundle_dir)
+    encoder = BundleEncoder(bundle, backend, precision, batch_size=batch_size, threads=threads)
+    with encoder:
+        row = _precision_row(encoder)
+        reference = check_reference(bundle, encoder)
+        real = (check_real_data(bundle, encoder, annotations, videos, limit, batch_size, threads, progress,
+                                workers) if annotations is not None else None)
     failures = [f"reference inputs: {f}" for f in reference.failures] + (real or {}).get("failures", [])
     source = (bundle.manifest.get("source_checkpoint") or {}).get("name")
     report = {
         "command": "parity", "passed": not failures, "backend": backend, "precision": row,
-        "bundle": {"path": str(bundle.path.resolve()), "id": bundle.sha256, "model": bundle.model.get("name"),
+        "bundle": {"path": str(bundle.path.resolve()), "id": bundle.content_id, "model": bundle.model.get("name"),
                    "source": source, "valid": bundle.valid},
         "failures": failures, "reference_inputs": reference.to_dict(), "real_data": real,
         "environment": environment(),
@@ -247,17 +207,23 @@ def parity_command(bundle_dir, backend, precision, annotations, videos, limit, o
     markdown = render_markdown(report, reference.to_markdown(f"{backend} vs PyTorch FP32"))
     if real is not None:
         real.pop("markdown", None)
-    json_path, md_path = write_report(out_dir, "parity", report, markdown)
     if real is not None and record and "retrieval" in real:
         from .gate_record import record_real_data_gate
 
         try:
             record_real_data_gate(bundle.path, backend, row, real)
+            report["recorded_in_manifest"] = True
         except OSError as exc:  # a read-only bundle: the report still has every figure
-            click.echo(f"note: could not record the real-data gate in {bundle.path} ({exc})", err=True)
-    click.echo(f"parity {backend} {row}: {'PASS' if not failures else 'FAIL'} "
-               f"({len(failures)} failure(s)); report: {json_path}, {md_path}")
-    for failure in failures:
-        click.echo(f"  - {failure}")
-    if failures:
-        click.get_current_context().exit(1)
+            report["recorded_in_manifest"] = f"not recorded: {exc}"
+    json_path, md_path = write_report(out_dir, "parity", report, markdown)
+    return report, json_path, md_path
+
+
+def write_skipped_report(bundle_dir: Path, backend: str, precision: str | None, reason: str,
+                         out_dir: Path) -> tuple[Path, Path]:
+    """The report of a parity run this machine cannot do (e.g. bf16 without BF16): the reason, no figures."""
+    from .reports import environment, write_report
+
+    report = {"command": "parity", "passed": None, "skipped": reason, "backend": backend, "precision": precision,
+              "bundle": {"path": str(Path(bundle_dir).resolve())}, "environment": environment()}
+    return write_report(out_dir, "parity", report, f"# Parity: {backend} ({precision}): not run here\n\n{reason}\n")

@@ -5,11 +5,11 @@ rotate or blink over textured backgrounds, with captions that name every
 object's size, colour, shape and motion.  Retrieval on it is only solvable
 by a model that sees motion (token shift) and small objects (token
 selection), and its hard test subsets ("motion" and "small_object" pairs)
-isolate each ability.  The package depends on numpy/av/pillow/tqdm/click
-only, never on torch or the rest of ``ts2net``.
+isolate each ability.  The package depends on numpy/av/pillow/tqdm only,
+never on torch, ``ts2net``, ``export`` or ``cli`` (tests/test_architecture.py checks it).
 
 Entry points: :func:`generate_dataset`, :func:`load_annotations` and the CLI
-``python -m ts2net.synthbench``.
+``ts2net synthbench`` (cli/synthbench.py).
 """
 from .generate import GENERATOR_VERSION, Annotations, encode_clip, generate_dataset, load_annotations
 from .scene import GenParams, SceneSpec

@@ -21,12 +21,12 @@ import onnx
 import torch
 from tqdm import tqdm
 
+import runtime.bundle_format as bf
 import ts2net
+from runtime.files import atomic_write_bytes, atomic_write_text, npz_bytes
 from runtime.parity import ParityResult, compare_outputs
 from runtime.tokenizer import ClipTokenizer, find_bpe_vocab, load_tokenizer
 from ts2net import TS2Net
-from runtime.files import npz_bytes
-from ts2net._io import atomic_write_bytes, atomic_write_text
 from ts2net.checkpoint import checkpoint_summary
 
 from . import manifest as mf
@@ -129,36 +129,43 @@ def run_onnx(path: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]
 
 def _graph_entry(bundle: Path, name: str, spec: GraphSpec, precision: str, model: onnx.ModelProto,
                  files: list[Path]) -> dict[str, Any]:
-    entry = mf.file_entry(bundle, files[0].name, precision=precision,
+    entry = bf.file_entry(bundle, files[0].name, precision=precision,
                           opset=next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
                           inputs=[t.to_manifest() for t in spec.inputs],
                           outputs=[t.to_manifest() for t in spec.outputs],
                           dynamic_axes=sorted(spec.declared_axes))
     if len(files) > 1:
-        entry["external_data"] = mf.file_entry(bundle, files[1].name)
+        entry["external_data"] = bf.file_entry(bundle, files[1].name)
     return entry
 
 
 def _int8_and_bf16(bundle: Path, manifest: dict[str, Any], ref: dict[str, np.ndarray], videos, captions,
-                   onnx_mode: str | None, progress: bool) -> None:
+                   source, onnx_mode: str | None, progress: bool) -> None:
     """INT8 graphs (entered in the manifest only if they pass the int8 gates) and the bf16 row's figures."""
     from runtime.bundle import Bundle
 
     from . import int8 as q
 
     in_memory = Bundle(bundle, manifest)   # the manifest on disk stays "invalid" until the end
-    calibration = q.load_calibration(in_memory, videos, captions, progress=progress)
+    manifest["parity"]["bf16"] = q.bf16_parity(bundle, ref, in_memory.similarity_args)
+    if (videos is None or captions is None) and source is None:
+        reason = ("no calibration data: pass calibration_videos and calibration_captions (or a calibration_source); "
+                  "`ts2net export` defaults to the embedded benchmark")
+        log.warning("no INT8 graphs written: %s", reason)
+        manifest["parity"]["int8"] = {"backend": "onnxruntime-cpu", "precision": "int8", "passed": None,
+                                      "skipped": reason}
+        return
+    calibration = q.load_calibration(in_memory, videos, captions, progress=progress, default_source=source)
     outcome = q.quantize_bundle(bundle, manifest, calibration, ref, onnx_mode or q.DEFAULT_ONNX_MODE,
                                 progress=progress)
     manifest["parity"].update(outcome["parity"])
-    manifest["parity"]["bf16"] = q.bf16_parity(bundle, ref, in_memory.similarity_args)
 
 
 def export_bundle(out: str | Path, checkpoint: str | Path | None = None, clip: str | Path | None = None,
                   bpe: str | Path | None = None, opset: int = DEFAULT_OPSET, progress: bool = True,
                   fp32_scopes: tuple[str, ...] = FP32_SCOPES, int8: bool = True,
                   calibration_videos: str | Path | None = None, calibration_captions: str | Path | None = None,
-                  int8_onnx_mode: str | None = None, **overrides: Any) -> ExportResult:
+                  int8_onnx_mode: str | None = None, calibration_source=None, **overrides: Any) -> ExportResult:
     """Export a bundle into `out`; raises ExportValidationError (bundle marked invalid) on FP32 failure."""
     bundle = Path(out)
     bundle.mkdir(parents=True, exist_ok=True)
@@ -178,9 +185,9 @@ def export_bundle(out: str | Path, checkpoint: str | Path | None = None, clip: s
     cfg = model.cfg
     specs = graph_specs(cfg)
     tokenizer = step("tokenizer", lambda: resolve_tokenizer(model, bpe, beside))
-    tokenizer.save(bundle / "tokenizer.json")
-    manifest = mf.new_manifest(cfg, float(model.clip.logit_scale.detach().exp()), source, mf.file_entry(
-        bundle, "tokenizer.json", max_words=cfg.max_words, sot_id=tokenizer.sot_id, eot_id=tokenizer.eot_id,
+    tokenizer.save(bundle / bf.TOKENIZER_FILE)
+    manifest = mf.new_manifest(cfg, float(model.clip.logit_scale.detach().exp()), source, bf.file_entry(
+        bundle, bf.TOKENIZER_FILE, max_words=cfg.max_words, sot_id=tokenizer.sot_id, eot_id=tokenizer.eot_id,
         pad_id=tokenizer.pad_id, vocab_size=tokenizer.vocab_size,
         cleanup="ftfy fix_text, html unescape x2, whitespace collapse, lowercase (CLIP); runtime.load_tokenizer"))
     mf.write_manifest(bundle, manifest)   # invalid until validation passes
@@ -189,8 +196,8 @@ def export_bundle(out: str | Path, checkpoint: str | Path | None = None, clip: s
         graphs = {}
         for name, spec in specs.items():
             graph = export_graph(model, spec, opset)
-            assert_trt_compatible(graph, spec.declared_axes, source=f"{name}.onnx")
-            files = save_graph(graph, bundle / f"{name}.onnx")
+            assert_trt_compatible(graph, spec.declared_axes, source=bf.graph_file(name, "fp32"))
+            files = save_graph(graph, bundle / bf.graph_file(name, "fp32"))
             manifest["graphs"].setdefault(name, {})["fp32"] = _graph_entry(bundle, name, spec, "fp32", graph, files)
             graphs[name] = graph
         return graphs
@@ -201,8 +208,8 @@ def export_bundle(out: str | Path, checkpoint: str | Path | None = None, clip: s
         for name, spec in specs.items():
             graph = convert_to_mixed_precision(graphs[name], lambda node: any(scope in node.name for scope in fp32_scopes))
             onnx.checker.check_model(graph, full_check=True)
-            assert_trt_compatible(graph, spec.declared_axes, source=f"{name}.fp16.onnx")
-            files = save_graph(graph, bundle / f"{name}.fp16.onnx")
+            assert_trt_compatible(graph, spec.declared_axes, source=bf.graph_file(name, "fp16"))
+            files = save_graph(graph, bundle / bf.graph_file(name, "fp16"))
             manifest["graphs"][name]["fp16"] = _graph_entry(bundle, name, spec, "fp16", graph, files)
             manifest["graphs"][name]["fp16"]["fp32_islands"] = list(fp32_scopes) + [
                 "LayerNormalization", "Softmax"]
@@ -215,17 +222,17 @@ def export_bundle(out: str | Path, checkpoint: str | Path | None = None, clip: s
         ref = reference_outputs(model, ids, frames, mask)
         ref["captions"] = np.array(REFERENCE_CAPTIONS)
         buffer = npz_bytes(ref)
-        atomic_write_bytes(bundle / "reference.npz", buffer)
-        manifest["reference"] = mf.file_entry(bundle, "reference.npz", arrays=sorted(ref))
+        atomic_write_bytes(bundle / bf.REFERENCE_FILE, buffer)
+        manifest["reference"] = bf.file_entry(bundle, bf.REFERENCE_FILE, arrays=sorted(ref))
         return ref
 
     ref = step("reference outputs", make_reference)
 
     def validate() -> dict[str, ParityResult]:
         results = {}
-        for precision, suffix in (("fp32", ""), ("fp16", ".fp16")):
-            produced = run_onnx(bundle / f"text{suffix}.onnx", {"input_ids": ref["input_ids"]})
-            produced.update(run_onnx(bundle / f"video{suffix}.onnx",
+        for precision in bf.PRECISIONS:
+            produced = run_onnx(bundle / bf.graph_file("text", precision), {"input_ids": ref["input_ids"]})
+            produced.update(run_onnx(bundle / bf.graph_file("video", precision),
                                      {"frames": ref["frames"], "frame_mask": ref["frame_mask"]}))
             produced["frame_mask"] = ref["frame_mask"]
             results[precision] = compare_outputs(
@@ -238,10 +245,11 @@ def export_bundle(out: str | Path, checkpoint: str | Path | None = None, clip: s
     parity = step("validate with onnxruntime", validate)
     if int8 and parity["fp32"].passed:
         step("int8 graphs + bf16 row", lambda: _int8_and_bf16(bundle, manifest, ref, calibration_videos,
-                                                               calibration_captions, int8_onnx_mode, progress))
+                                                               calibration_captions, calibration_source,
+                                                               int8_onnx_mode, progress))
     report = ["# Export validation", "", f"Model: {cfg.name}; source: {source['name']}", ""]
     report += [parity[p].to_markdown("ONNX Runtime CPU vs PyTorch FP32") + "\n" for p in parity]
-    atomic_write_text(bundle / "validation.md", "\n".join(report))
+    atomic_write_text(bundle / bf.VALIDATION_FILE, "\n".join(report))
     manifest["valid"] = parity["fp32"].passed
     manifest["export_seconds"] = seconds
     step("manifest", lambda: mf.write_manifest(bundle, manifest))

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import av
-import click
 from tqdm import tqdm
 
 from . import render
@@ -296,7 +295,7 @@ def generate_dataset(
     incomplete = sorted(p.split for p in plans if p.split not in complete_names)
     _write_annotations(out, complete)
     meta = {
-        "generator": "ts2net.synthbench",
+        "generator": "synthbench",
         "version": GENERATOR_VERSION,
         "seed": seed,
         "codec": codec,
@@ -360,42 +359,3 @@ def load_annotations(root: str | os.PathLike) -> Annotations:
     subsets_path = root / "subsets.json"
     subsets = json.loads(subsets_path.read_text()) if subsets_path.exists() else {}
     return Annotations(videos=videos, subsets=subsets, root=root, **per_split)
-
-
-# --------------------------------------------------------------------------
-# CLI
-# --------------------------------------------------------------------------
-
-@click.command(name="synthbench")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--train", "n_train", default=DEFAULT_COUNTS["train"], show_default=True, type=click.IntRange(0))
-@click.option("--val", "n_val", default=DEFAULT_COUNTS["val"], show_default=True, type=click.IntRange(0))
-@click.option("--test", "n_test", default=DEFAULT_COUNTS["test"], show_default=True, type=click.IntRange(0))
-@click.option("--splits", default=",".join(SPLITS), show_default=True, help="Comma-separated splits to generate now.")
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(1), help="Rendering processes.")
-@click.option("--min-duration", default=GenParams.min_duration, show_default=True, type=float)
-@click.option("--max-duration", default=GenParams.max_duration, show_default=True, type=float)
-@click.option("--motion-frac", default=GenParams.motion_pair_frac, show_default=True, type=float,
-              help="Fraction of test clips in motion pairs.")
-@click.option("--small-frac", default=GenParams.small_pair_frac, show_default=True, type=float,
-              help="Fraction of test clips in small-object pairs.")
-@click.option("--train-captions", default=GenParams.train_captions, show_default=True, type=click.IntRange(1))
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-def main(out_dir, seed, n_train, n_val, n_test, splits, workers, min_duration, max_duration,
-         motion_frac, small_frac, train_captions, quiet):
-    """Generate the synthetic text-to-video retrieval benchmark (resumable)."""
-    names = tuple(s.strip() for s in splits.split(",") if s.strip())
-    params = GenParams(
-        min_duration=min_duration, max_duration=max_duration, motion_pair_frac=motion_frac,
-        small_pair_frac=small_frac, train_captions=train_captions,
-    )
-    try:
-        summary = generate_dataset(out_dir, seed=seed, n_train=n_train, n_val=n_val, n_test=n_test,
-                                   splits=names, workers=workers, progress=not quiet, params=params)
-    except ValueError as e:
-        raise click.ClickException(str(e)) from e
-    click.echo(json.dumps(summary, indent=1))
-    if summary["incomplete_splits"]:
-        click.echo(f"warning: splits {summary['incomplete_splits']} have missing clips and are left out of the "
-                   f"annotations; rerun with --splits naming them", err=True)

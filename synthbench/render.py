@@ -1,4 +1,4 @@
-"""Numpy rendering of a :class:`~ts2net.synthbench.scene.SceneSpec` into RGB frames.
+"""Numpy rendering of a :class:`~synthbench.scene.SceneSpec` into RGB frames.
 
 Shapes are drawn from signed distance functions evaluated only inside each
 object's bounding box, which gives 1-pixel anti-aliasing (small objects keep

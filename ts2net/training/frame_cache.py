@@ -34,7 +34,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from runtime.video import VideoDecodeError, load_video
-from ts2net._io import atomic_write_text
+from runtime.files import atomic_write_text
 
 CACHE_VERSION = 1
 INDEX_NAME, FRAMES_NAME = "index.json", "frames.f16"
@@ -247,7 +247,7 @@ class CaptionedSplit:
 def load_split(data_dir: str | os.PathLike, split: str, tokenizer, max_words: int,
                max_clips: int | None = None) -> CaptionedSplit:
     """Read a synthbench (MSR-VTT style) split; `max_clips` keeps the first N clips in file order."""
-    from ts2net.synthbench import load_annotations
+    from synthbench import load_annotations
 
     ann = load_annotations(data_dir)
     pairs = ann[split]

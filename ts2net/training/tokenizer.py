@@ -28,7 +28,7 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalize
     trainers
 
 from runtime.tokenizer import EOT_TOKEN, META_KEY, SOT_TOKEN, ClipTokenizer
-from ts2net._io import atomic_write_text
+from runtime.files import atomic_write_text
 
 #: Total vocabulary (trained tokens + SOT + EOT). On the synthbench grammar ~535 tokens would make
 #: every word a single token; 512 is always reached (so the size does not depend on how many
@@ -82,21 +82,3 @@ def train_caption_tokenizer(captions: Iterable[str], vocab_size: int = DEFAULT_V
     if out_path is not None:
         atomic_write_text(Path(out_path), text)
     return loaded
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`python -m ts2net.train_tokenizer DATA OUT.json [VOCAB_SIZE]`: train on a benchmark's train captions."""
-    import sys
-
-    from ts2net.synthbench import load_annotations
-
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) not in (2, 3):
-        raise SystemExit("usage: python -m ts2net.train_tokenizer DATA_DIR OUT_TOKENIZER_JSON [VOCAB_SIZE]")
-    captions = [c for _, c in load_annotations(args[0]).train]
-    tok = train_caption_tokenizer(captions, int(args[2]) if len(args) == 3 else DEFAULT_VOCAB_SIZE, args[1])
-    print(f"{args[1]}: vocab {tok.vocab_size}, SOT {tok.sot_id}, EOT {tok.eot_id}, from {len(captions)} captions")
-
-
-if __name__ == "__main__":
-    main()

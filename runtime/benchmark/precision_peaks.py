@@ -5,7 +5,7 @@ against the limit"): an OpenVINO BF16 row against OpenVINO's BF16 MatMul (AMX ti
 has them), an INT8 row against an INT8 MatMul of the same library, never against the FP32 peak
 (which would report INT8 rows at several hundred percent). The kernels:
 
-- ONNX Runtime FP32: a ``MatMul`` graph of two square inputs (runtime.bench.ort_matmul_peak).
+- ONNX Runtime FP32: a ``MatMul`` graph of two square inputs (runtime.benchmark.peak.ort_matmul_peak).
 - ONNX Runtime INT8: ``MatMulInteger`` on uint8 x int8 inputs (the U8S8 kernel the dynamically
   quantized graphs run), int32 output.
 - OpenVINO FP32 / BF16: a ``MatMul`` of an input by a constant weight, compiled with the f32 /
@@ -79,7 +79,7 @@ def constant_weight_matmul_model(n: int, quantized: bool, seed: int = 0) -> byte
 def ort_int8_matmul_peak(sizes: Sequence[int], threads: int | None) -> dict[str, Any]:
     import onnxruntime as ort
 
-    from .bench import _best_seconds
+    from .peak import _best_seconds
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
@@ -100,8 +100,8 @@ def openvino_matmul_peak(sizes: Sequence[int], threads: int | None, precision: s
     """OpenVINO CPU MatMul at `precision` (fp32, bf16 hint, or int8 QDQ) on square sizes."""
     import openvino as ov
 
-    from .bench import _best_seconds
-    from .openvino_backend import precision_status
+    from .peak import _best_seconds
+    from ..openvino_backend import precision_status
 
     ok, reason = precision_status(precision)
     if not ok:

@@ -1,13 +1,22 @@
-"""`ts2net export` and `ts2net engine` (click), thin wrappers over export.bundle / export.engine."""
+"""`ts2net export`, `ts2net quantize` and `ts2net engine` (click), thin wrappers over export.exporter /
+export.int8 / export.engine."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import click
 
-FRAME_MASK_CHOICE = click.Choice(["official", "fixed"])
+from cli.calibration import embedded_benchmark_source
+from cli.errors import CannotRun, CommandError
+# imported here, not in the commands: without torch the import fails while `ts2net` loads the
+# command, which then says to install the export extra (cli/main.py)
+from export.engine import EngineBuildError, build_engines, parse_batch_profiles
+from export.exporter import ExportValidationError, export_bundle
+from export.int8 import CalibrationError, add_int8_to_bundle
+from runtime.bundle_format import FRAME_MASK_MODES
+
+FRAME_MASK_CHOICE = click.Choice(list(FRAME_MASK_MODES))
 
 
 @click.command("export")
@@ -37,18 +46,13 @@ FRAME_MASK_CHOICE = click.Choice(["official", "fixed"])
 def export_command(checkpoint, clip, bpe, out, max_frames, max_words, frame_mask_mode, opset, int8,
                    calibration_videos, calibration_captions, int8_onnx_mode):
     """Export a checkpoint to a validated bundle."""
-    from .bundle import ExportValidationError, export_bundle
-    from .int8 import CalibrationError
-
     try:
         result = export_bundle(out, checkpoint=checkpoint, clip=clip, bpe=bpe, opset=opset, max_frames=max_frames,
                                max_words=max_words, frame_mask_mode=frame_mask_mode, int8=int8,
                                calibration_videos=calibration_videos, calibration_captions=calibration_captions,
-                               int8_onnx_mode=int8_onnx_mode)
-    except ExportValidationError as exc:
-        raise click.ClickException(str(exc))
-    except (ValueError, FileNotFoundError, CalibrationError) as exc:
-        raise click.ClickException(str(exc))
+                               int8_onnx_mode=int8_onnx_mode, calibration_source=embedded_benchmark_source)
+    except (ExportValidationError, ValueError, FileNotFoundError, CalibrationError) as exc:
+        raise CommandError(str(exc)) from exc
     _echo_reduced_precision(result.manifest)
     for precision, parity in result.parity.items():
         fig = parity.figures
@@ -88,20 +92,16 @@ def _echo_reduced_precision(manifest) -> None:
               help="Also write the NNCF-quantized OpenVINO IR (the fastest INT8 form on OpenVINO).")
 def quantize_command(bundle_dir, calibration_videos, calibration_captions, int8_onnx_mode, openvino_ir):
     """(Re)make a bundle's INT8 graphs and its bf16 row, gated on the reference inputs."""
-    from runtime.bundle import BundleError
-
-    from .int8 import CalibrationError, add_int8_to_bundle
-
     try:
         manifest = add_int8_to_bundle(bundle_dir, calibration_videos, calibration_captions, int8_onnx_mode,
-                                      openvino_ir)
-    except (BundleError, CalibrationError, ValueError, FileNotFoundError) as exc:
-        raise click.ClickException(str(exc))
+                                      openvino_ir, default_source=embedded_benchmark_source)
+    except (CalibrationError, ValueError, FileNotFoundError) as exc:  # BundleError is a ValueError
+        raise CommandError(str(exc)) from exc
     _echo_reduced_precision(manifest)
     shipped = [g for g in ("text", "video") if "int8" in manifest["graphs"][g]]
     click.echo(f"int8 graphs in {bundle_dir}: {', '.join(shipped) or 'none (gates failed)'}")
     if not shipped:
-        raise click.ClickException("the INT8 graphs failed their gates; see the figures above")
+        raise CommandError("the INT8 graphs failed their gates; see the figures above")
 
 
 @click.command("engine")
@@ -113,13 +113,10 @@ def quantize_command(bundle_dir, calibration_videos, calibration_captions, int8_
 @click.option("--opt-level", "optimization_level", type=click.IntRange(0, 5), help="Builder optimization level.")
 def engine_command(bundle, batch_specs, workspace_mb, timing_cache, optimization_level):
     """Build strongly typed TensorRT engines from the bundle's FP16 graphs."""
-    from .engine import EngineBuildError, build_engines, parse_batch_profiles
-
     try:
         profiles = parse_batch_profiles(batch_specs)
         entries = build_engines(bundle, profiles, workspace_mb, timing_cache, optimization_level)
     except (EngineBuildError, ValueError, FileNotFoundError) as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(2)
+        raise CannotRun(str(exc)) from exc
     click.echo(json.dumps({g: {k: e[k] for k in ("file", "tensorrt_version", "gpu", "profile")}
                            for g, e in entries.items()}, indent=2))

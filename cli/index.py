@@ -1,0 +1,91 @@
+"""`ts2net index` and `ts2net search` (thin wrappers over runtime.index)."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from cli.errors import CommandError
+from runtime.index import DTYPES, build_index, open_index, search_index
+
+
+def _click_errors(action):
+    from runtime.backends import BackendUnavailable
+    from runtime.video import VideoDecodeError
+
+    try:
+        return action()
+    except VideoDecodeError as exc:
+        raise CommandError(f"{exc}\n(pass --skip-bad to skip unreadable videos)") from exc
+    except (ValueError, BackendUnavailable) as exc:  # VideoIndexError, BundleError, AnnotationError, settings
+        raise CommandError(str(exc)) from exc
+
+
+@click.command("index")
+@click.option("--bundle", "bundle_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Bundle directory (from `ts2net export`).")
+@click.option("--videos", "videos_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Folder of video files; the file name without extension is the video id.")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Index directory to write.")
+@click.option("--backend", default="auto", show_default=True,
+              help="Inference backend (ort-cpu, ort-cuda, tensorrt, openvino); auto: the fastest path that passed "
+                   "its gates on this machine (runtime/path_choice.py).")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16", "int8"]), default="auto",
+              show_default=True, help="auto: the fastest gated precision of the backend.")
+@click.option("--dtype", type=click.Choice(DTYPES), default="float16", show_default=True,
+              help="Storage type of frame embeddings (float16 halves the index; rankings barely move).")
+@click.option("--skip-bad", is_flag=True, help="Skip unreadable videos (listed in index.json) instead of stopping.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None,
+              help="Embedding cache root [default: $TS2NET_CACHE_DIR or ~/.cache/ts2net-deploy/embeddings].")
+@click.option("--no-cache", is_flag=True, help="No embedding cache (an interrupted build then starts over).")
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Video decoding threads (0: decode in the main thread).")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+def index_command(bundle_dir, videos_dir, out, backend, precision, dtype, skip_bad, batch_size, cache_dir, no_cache,
+                  workers, no_progress):
+    """Encode every video in a folder into a search index (resumable; unchanged videos are not re-encoded)."""
+    if "auto" in (backend, precision):
+        from runtime.bundle import open_bundle
+        from runtime.path_choice import resolve
+
+        backend, precision, why = _click_errors(lambda: resolve(open_bundle(bundle_dir, verify=False), backend,
+                                                                precision))
+        click.echo(f"encoding with {backend} {precision}: {why}", err=True)
+    meta = _click_errors(lambda: build_index(
+        bundle_dir, videos_dir, out, backend=backend, precision=precision, skip_bad=skip_bad, batch_size=batch_size,
+        cache_dir=False if no_cache else cache_dir, dtype=dtype, progress=not no_progress, workers=workers))
+    b = meta["build"]
+    click.echo(f"indexed {meta['n_videos']} videos into {out} ({b['encoded']} encoded, {b['from_cache']} from the "
+               f"cache, {b['reused_from_index']} reused from the index; {b['seconds']:.1f} s)")
+    for s in meta["skipped"]:
+        click.echo(f"skipped {s['path']}: {s['reason']}")
+
+
+@click.command("search")
+@click.argument("index_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("queries", nargs=-1, required=True)
+@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Results per query.")
+@click.option("--bundle", "bundle_dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Bundle for the text side [default: the one recorded in the index].")
+@click.option("--backend", default="auto", show_default=True,
+              help="Backend for encoding the query (auto: the index's, if it passes its gates here, else the "
+                   "fastest gated one of the index's precision).")
+@click.option("--json", "as_json", is_flag=True,
+              help='Print JSON: a list of {"query", "results": [{"rank", "video_id", "score", "path"}]}.')
+def search_command(index_dir, queries, k, bundle_dir, backend, as_json):
+    """Rank the indexed videos for a text query (scores: logit-scaled TS2-Net similarity)."""
+    def run():
+        return search_index(open_index(index_dir), list(queries), k, bundle_dir=bundle_dir, backend=backend)
+
+    results = _click_errors(run)
+    if as_json:
+        click.echo(json.dumps(results, indent=1))  # always a list, one entry per query
+        return
+    for i, entry in enumerate(results):
+        if i:
+            click.echo("")
+        click.echo(f"query: {entry['query']}")
+        width = max(len(r["video_id"]) for r in entry["results"])
+        for r in entry["results"]:
+            click.echo(f"{r['rank']:>4}  {r['score']:9.4f}  {r['video_id']:<{width}}  {r['path']}")

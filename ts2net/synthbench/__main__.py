@@ -1,5 +1,0 @@
-"""``python -m ts2net.synthbench``: run the generator's command line."""
-from .generate import main
-
-if __name__ == "__main__":
-    main(prog_name="python -m ts2net.synthbench")
