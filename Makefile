@@ -65,6 +65,8 @@ demo: setup
 		--csv $(DATA)/test.csv --videos $(DATA)/videos --no-progress --out $(DEMO_REPORTS)/parity-bf16
 	-$(TS2NET) parity --bundle $(DEMO_BUNDLE) --backend openvino --precision int8 \
 		--csv $(DATA)/test.csv --videos $(DATA)/videos --no-progress --out $(DEMO_REPORTS)/parity-int8
+	-$(TS2NET) parity --bundle $(DEMO_BUNDLE) --backend ort-cpu --precision int8 \
+		--csv $(DATA)/test.csv --videos $(DATA)/videos --no-progress --out $(DEMO_REPORTS)/parity-int8-ort
 	$(TS2NET) eval --bundle $(DEMO_BUNDLE) --csv $(DATA)/test.csv --videos $(DATA)/videos --out $(DEMO_REPORTS)/eval
 	$(TS2NET) bench --bundle $(DEMO_BUNDLE) --batch-sizes 1,8 --out $(DEMO_REPORTS)/bench
 	$(TS2NET) summary --bundle $(DEMO_BUNDLE) --reports $(DEMO_REPORTS) --ablations ts2net/demo/ablations.json

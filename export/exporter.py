@@ -230,7 +230,7 @@ def export_bundle(out: str | Path, checkpoint: str | Path | None = None, clip: s
 
     def validate() -> dict[str, ParityResult]:
         results = {}
-        for precision in bf.PRECISIONS:
+        for precision in bf.CORE_PRECISIONS:
             produced = run_onnx(bundle / bf.graph_file("text", precision), {"input_ids": ref["input_ids"]})
             produced.update(run_onnx(bundle / bf.graph_file("video", precision),
                                      {"frames": ref["frames"], "frame_mask": ref["frame_mask"]}))

@@ -27,6 +27,9 @@ TIMING_CACHE_FILE = "timing.cache"
 GRAPHS = ("text", "video")
 # Precisions that have graph files. bf16 has none: it is an OpenVINO inference hint on the fp32 graph.
 PRECISIONS = ("fp32", "fp16", "int8")
+#: The graphs every export writes and validates first (FP32 must pass for the bundle to be valid);
+#: the INT8 graphs come after, and only if they pass their own gates (export/int8.py).
+CORE_PRECISIONS = ("fp32", "fp16")
 #: Keys of the manifest's "parity" section beyond the graph precisions: the bf16 row, the INT8
 #: OpenVINO IR row and the real-data gate outcomes recorded by `ts2net parity --csv --videos`.
 PARITY_BF16, PARITY_INT8_OPENVINO, PARITY_REAL_DATA = "bf16", "int8_openvino", "real_data"
