@@ -210,8 +210,11 @@ def test_quantize_command_calibrates_on_given_videos_and_captions(bundle_dir, tm
 
 def test_calibration_refuses_an_empty_folder_and_captions_file(bundle, tmp_path):
     (tmp_path / "empty").mkdir()
+    (tmp_path / "captions.txt").write_text("a red square moves left\n")
     with pytest.raises(q.CalibrationError, match="no video files"):
-        q.load_calibration(bundle, tmp_path / "empty", None, progress=False)
+        q.load_calibration(bundle, tmp_path / "empty", tmp_path / "captions.txt", progress=False)
+    with pytest.raises(q.CalibrationError, match="needs real videos and captions: pass --calibration-videos"):
+        q.load_calibration(bundle, None, None, progress=False)  # the library has no default source of its own
     (tmp_path / "c.csv").write_text("video_id,text\nv1,hello\n")
     with pytest.raises(q.CalibrationError, match="'sentence' or 'caption' column"):
         q.read_captions(tmp_path / "c.csv")
