@@ -128,12 +128,14 @@ def run_bench(bundle, backends: Sequence[str] | None = None,
               batch_sizes: Sequence[int] = (1, 8), warmup: int = 3, iters: int = 20, threads: int | None = None,
               baseline: BaselineLoader | None = None,
               peak_sizes: Sequence[int] = DEFAULT_PEAK_SIZES, progress: bool = True,
-              torch_compile: bool = False) -> dict[str, Any]:
+              torch_compile: bool = False, interleave: bool = False) -> dict[str, Any]:
     """Measure everything; returns the report dict (fields: see docs/benchmark.md).
 
     `baseline`: loads the PyTorch baseline (None: not measured, "disabled with --no-torch"); its rows
     are eager FP32, eager BF16 autocast when bf16 is among `precisions`, and torch.compile FP32 with
-    `torch_compile`.
+    `torch_compile`. `interleave`: every configuration of a batch size runs once per round, round
+    after round, so a load change on a shared machine hits every row alike and the same-run ratios
+    stay meaningful (run RSS per row is then not separable and reported as NaN).
     """
     from tqdm import tqdm
 
@@ -171,19 +173,24 @@ def run_bench(bundle, backends: Sequence[str] | None = None,
     else:
         torch_note = "disabled with --no-torch"
 
+    def open_runner(backend: str, precision: str, graph: str):
+        rss = PeakRss()
+        rss.start()
+        start = time.perf_counter()
+        if backend.startswith("torch-"):
+            runner = eager.runner(graph, threads, precision, compiled=backend == "torch-compile")
+        else:
+            runner = create_backend(bundle, graph, backend, precision if backend != "tensorrt" else None,
+                                    threads=threads if backend in ("ort-cpu", "openvino") else None).load()
+        return runner, {"load_s": time.perf_counter() - start, "load_rss_mib": rss.delta_mib()}
+
     rows = []
     bar = tqdm(total=len(plans) * 2 * len(batch_sizes), desc="bench", unit="config", disable=not progress)
-    for backend, precision in plans:
+    if interleave:
+        rows = _interleaved_rows(plans, batch_sizes, warmup, iters, open_runner, bundle, flops, peaks, bar)
+    for backend, precision in plans if not interleave else ():
         for graph in ("text", "video"):
-            rss = PeakRss()
-            rss.start()
-            start = time.perf_counter()
-            if backend.startswith("torch-"):
-                runner = eager.runner(graph, threads, precision, compiled=backend == "torch-compile")
-            else:
-                runner = create_backend(bundle, graph, backend, precision if backend != "tensorrt" else None,
-                                        threads=threads if backend in ("ort-cpu", "openvino") else None).load()
-            load = {"load_s": time.perf_counter() - start, "load_rss_mib": rss.delta_mib()}
+            runner, load = open_runner(backend, precision, graph)
             try:
                 for batch in batch_sizes:
                     bar.set_postfix_str(f"{backend} {precision} {graph} b{batch}")
@@ -204,7 +211,8 @@ def run_bench(bundle, backends: Sequence[str] | None = None,
                      "warmup": warmup, "iters": iters, "batch_sizes": list(batch_sizes),
                      "precisions": list(precisions), "backends": requested, "peak_sizes": list(peak_sizes),
                      "latency": "time of the backend call only (inputs already in host memory, outputs copied "
-                                "back); p50/p95/p99 over iters"},
+                                "back); p50/p95/p99 over iters",
+                     "interleaved": interleave},
         "torch_baseline": torch_note,
         "skipped": skipped,
         "flops_per_item": flops,
@@ -215,6 +223,34 @@ def run_bench(bundle, backends: Sequence[str] | None = None,
         "uptime": _uptime(),
         "environment": environment(),
     }
+
+
+def _interleaved_rows(plans, batch_sizes, warmup, iters, open_runner, bundle, flops, peaks, bar) -> list[dict]:
+    """Latency rows measured round-robin: all runners open, one call of each configuration per round."""
+    runners = {}
+    try:
+        for backend, precision in plans:
+            for graph in ("text", "video"):
+                runners[(backend, precision, graph)] = open_runner(backend, precision, graph)
+        rows = []
+        for batch in batch_sizes:
+            feeds = {g: bench_inputs(bundle, g, batch) for g in ("text", "video")}
+            latencies: dict[tuple, list[float]] = {key: [] for key in runners}
+            # torch.compile compiles on its first call: give every row one extra warm-up round then
+            rounds = warmup + (1 if any(key[0] == "torch-compile" for key in runners) else 0)
+            for round_index in range(rounds + iters):
+                for key, (runner, _) in runners.items():
+                    runner.infer(feeds[key[2]])
+                    if round_index >= rounds:
+                        latencies[key].append(runner.last_latency_ms)
+            for (backend, precision, graph), (_, load) in runners.items():
+                rows.append(_row(graph, backend, precision, batch, np.array(latencies[(backend, precision, graph)]),
+                                 flops[graph], _peak_for(peaks, backend, precision), float("nan"), load))
+                bar.update()
+        return rows
+    finally:
+        for runner, _ in runners.values():
+            runner.close()
 
 
 def ratios(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
