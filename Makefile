@@ -23,18 +23,38 @@ DATA        ?= data/synth
 DEMO_BUNDLE ?= bundles/demo
 DEMO_REPORTS ?= reports/demo
 
-.PHONY: setup test export engine bench data train-demo demo clean
+# make serve-setup [SERVE_VENV=dir]: the Python 3.13 environment PyTriton's tritonserver runs in
+SERVE_VENV ?= .cache/serve-venv
+# make serve-load [OUT=bundle] [CLIENTS=8] [TEXTS=96] [VIDEOS=24]
+CLIENTS ?= 8
+TEXTS   ?= 96
+VIDEOS  ?= 24
+
+.PHONY: setup test export engine bench data train-demo demo clean serve-setup serve-setup-if-available serve-load
 .PRECIOUS: runs/%/model.safetensors
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
-	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e ".[export,openvino,dev]"
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e ".[export,openvino,dev,triton]"
 	@mkdir -p $(dir $(STAMP)) && touch $(STAMP)
 
-test: setup
-	$(PYTHON) -m pytest -q
+# The real-server tests need the serve environment; created here when Python 3.13 exists (cached).
+test: setup serve-setup-if-available
+	TS2NET_SERVE_VENV=$(abspath $(SERVE_VENV)) $(PYTHON) -m pytest -q
+
+serve-setup: setup
+	$(PYTHON) -m runtime.triton.environment --venv $(SERVE_VENV)
+
+serve-setup-if-available: setup
+	$(PYTHON) -m runtime.triton.environment --venv $(SERVE_VENV) --if-available
+
+# Bounded load test of `ts2net serve` on 127.0.0.1 (CLIENTS concurrent clients vs one), reports/serve-load/
+serve-load: serve-setup
+	@test -f $(OUT)/manifest.json || $(MAKE) export OUT=$(OUT)
+	TS2NET_SERVE_VENV=$(abspath $(SERVE_VENV)) $(TS2NET) serve-load --bundle $(OUT) --clients $(CLIENTS) --texts $(TEXTS) \
+		--videos $(VIDEOS) --out reports/serve-load
 
 export: setup
 	$(TS2NET) export --out $(OUT) --opset $(OPSET) \

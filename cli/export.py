@@ -27,9 +27,10 @@ FRAME_MASK_CHOICE = click.Choice(list(FRAME_MASK_MODES))
               help="OpenAI CLIP archive (ViT-B-32.pt): exports a TS2-Net initialised from it when no --checkpoint.")
 @click.option("--bpe", type=click.Path(exists=True, path_type=Path),
               help="Tokenizer: CLIP's bpe_simple_vocab_16e6.txt.gz or a tokenizer.json (default: found automatically).")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Bundle directory to write.")
-@click.option("--max-frames", type=int, help="Override max_frames (frames per video).")
-@click.option("--max-words", type=int, help="Override max_words (text length).")
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Bundle directory to write (an existing bundle is replaced only once the new one is complete).")
+@click.option("--max-frames", type=click.IntRange(min=1), help="Override max_frames (frames per video, >= 1).")
+@click.option("--max-words", type=click.IntRange(min=3), help="Override max_words (text length with SOT and EOT, >= 3).")
 @click.option("--frame-mask", "frame_mask_mode", type=FRAME_MASK_CHOICE,
               help="Frame mask mode (default: official for official checkpoints, fixed otherwise).")
 @click.option("--opset", type=click.IntRange(17, 20), default=17, show_default=True)
@@ -109,7 +110,7 @@ def quantize_command(bundle_dir, calibration_videos, calibration_captions, int8_
 @click.option("--batch", "batch_specs", multiple=True, metavar="[GRAPH=]MIN,OPT,MAX",
               help="Optimization profile batch sizes, for both graphs or per graph (text=1,16,64). Repeatable.")
 @click.option("--workspace", "workspace_mb", type=int, help="Workspace memory pool limit in MB.")
-@click.option("--timing-cache", type=click.Path(path_type=Path), help="Timing cache file (default: BUNDLE/timing.cache).")
+@click.option("--timing-cache", type=click.Path(path_type=Path), help="Timing cache file (default: ~/.cache/ts2net-deploy/tensorrt/timing-trt<version>-sm<cc>.cache, outside the bundle).")
 @click.option("--opt-level", "optimization_level", type=click.IntRange(0, 5), help="Builder optimization level.")
 def engine_command(bundle, batch_specs, workspace_mb, timing_cache, optimization_level):
     """Build strongly typed TensorRT engines from the bundle's FP16 graphs."""

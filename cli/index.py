@@ -6,7 +6,7 @@ import json
 import click
 
 from cli.errors import CommandError
-from runtime.index import DTYPES, build_index, open_index, search_index
+from runtime.index import DTYPES, build_index, open_index, query_warning, search_index, shorten
 
 
 def _click_errors(action):
@@ -42,19 +42,26 @@ def _click_errors(action):
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="Video decoding threads (0: decode in the main thread).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
+@click.option("--server", default=None, metavar="URL",
+              help="Encode through a Triton server (http://HOST:PORT or grpc://HOST:PORT) instead of --backend.")
 def index_command(bundle_dir, videos_dir, out, backend, precision, dtype, skip_bad, batch_size, cache_dir, no_cache,
-                  workers, no_progress):
+                  workers, no_progress, server):
     """Encode every video in a folder into a search index (resumable; unchanged videos are not re-encoded)."""
-    if "auto" in (backend, precision):
+    if server is None and backend == "auto" or backend in ("ort-cpu", "openvino") and precision == "auto":
         from runtime.bundle import open_bundle
         from runtime.path_choice import resolve
 
         backend, precision, why = _click_errors(lambda: resolve(open_bundle(bundle_dir, verify=False), backend,
                                                                 precision))
         click.echo(f"encoding with {backend} {precision}: {why}", err=True)
+    elif precision == "auto":  # TensorRT / CUDA / a server: the library's own default (the engine's precision)
+        precision = None
+    if backend == "auto":
+        backend = "ort-cpu"  # with --server the backend is the server's; build_index ignores it
     meta = _click_errors(lambda: build_index(
         bundle_dir, videos_dir, out, backend=backend, precision=precision, skip_bad=skip_bad, batch_size=batch_size,
-        cache_dir=False if no_cache else cache_dir, dtype=dtype, progress=not no_progress, workers=workers))
+        cache_dir=False if no_cache else cache_dir, dtype=dtype, progress=not no_progress, workers=workers,
+        server=server))
     b = meta["build"]
     click.echo(f"indexed {meta['n_videos']} videos into {out} ({b['encoded']} encoded, {b['from_cache']} from the "
                f"cache, {b['reused_from_index']} reused from the index; {b['seconds']:.1f} s)")
@@ -79,13 +86,16 @@ def search_command(index_dir, queries, k, bundle_dir, backend, as_json):
         return search_index(open_index(index_dir), list(queries), k, bundle_dir=bundle_dir, backend=backend)
 
     results = _click_errors(run)
+    for number, query in enumerate(queries, start=1):
+        if query_warning(query):
+            click.echo(f"warning: query {number}: {query_warning(query)}", err=True)
     if as_json:
-        click.echo(json.dumps(results, indent=1))  # always a list, one entry per query
+        click.echo(json.dumps(results, indent=1, allow_nan=False))  # always a list, one entry per query
         return
     for i, entry in enumerate(results):
         if i:
             click.echo("")
-        click.echo(f"query: {entry['query']}")
+        click.echo(f"query: {shorten(entry['query'])}")
         width = max(len(r["video_id"]) for r in entry["results"])
         for r in entry["results"]:
             click.echo(f"{r['rank']:>4}  {r['score']:9.4f}  {r['video_id']:<{width}}  {r['path']}")

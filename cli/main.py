@@ -27,6 +27,10 @@ COMMANDS = {
     "index": ("cli.index", "index_command", "Encode a folder of videos into a search index."),
     "search": ("cli.index", "search_command", "Search an index with a text query."),
     "summary": ("cli.summary", "summary_command", "The demo's one-page summary report (and the ablation table)."),
+    "encode": ("cli.triton", "encode_command", "Encode captions / videos to .npz, locally or via --server."),
+    "triton": ("cli.triton", "triton_command", "Write (or --check) a Triton model repository for tritonserver."),
+    "serve": ("cli.triton", "serve_command", "Serve the encoders with Triton here (PyTriton, Python 3.13)."),
+    "serve-load": ("cli.triton", "serve_load_command", "Bounded load test of `ts2net serve` on 127.0.0.1."),
 }
 
 

@@ -61,5 +61,12 @@ def parity_command(bundle_dir, backend, precision, annotations, videos, limit, o
                f"({len(failures)} failure(s)); report: {json_path}, {md_path}")
     for failure in failures:
         click.echo(f"  - {failure}")
+    real = report.get("real_data") or {}
+    skipped = real.get("skipped_videos") or []
+    if skipped:
+        click.echo(f"  {len(skipped)} video(s) could not be read and were left out with their captions "
+                   f"({real['captions_dropped_with_skipped_videos']} captions):")
+        for s in skipped:
+            click.echo(f"  ! {s['path']}: {s['reason']}")
     if failures:
         click.get_current_context().exit(1)

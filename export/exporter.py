@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,6 +106,29 @@ def load_source(checkpoint: str | Path | None, clip: str | Path | None, override
     return model, source, tokenizer
 
 
+def non_finite_weights(model: TS2Net) -> list[str]:
+    """Names (with counts) of the model's floating tensors holding NaN or infinity.
+
+    One NaN weight makes every output NaN, and NaN passes every `figure < limit` check, so it must
+    be caught at the source, naming the tensor, before anything is exported.
+    """
+    bad = []
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point():
+            count = int((~torch.isfinite(tensor)).sum())
+            if count:
+                bad.append(f"{name} ({count} of {tensor.numel()} values)")
+    return bad
+
+
+def require_finite_weights(model: TS2Net, label: str) -> None:
+    bad = non_finite_weights(model)
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more tensors" if len(bad) > 5 else "")
+        raise ValueError(f"{label}: non-finite weights (NaN/inf) in {shown}; "
+                         "the checkpoint is corrupt (re-save it from training, or restore a good copy)")
+
+
 def resolve_tokenizer(model: TS2Net, bpe: str | Path | None, beside: Path | None) -> ClipTokenizer:
     """--bpe, else a tokenizer.json shipped with the checkpoint, else CLIP's vocabulary."""
     if bpe is not None:
@@ -139,6 +164,27 @@ def _graph_entry(bundle: Path, name: str, spec: GraphSpec, precision: str, model
     return entry
 
 
+def check_out_dir(target: Path) -> None:
+    """Refuse an `--out` we must not replace: a file, or a non-empty directory that is not a bundle."""
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"--out {target} exists and is a file; a bundle is a directory: pick another path "
+                         "(or remove the file)")
+    if target.is_dir() and any(target.iterdir()) and not (target / bf.MANIFEST_NAME).is_file():
+        raise ValueError(f"--out {target} is a non-empty directory without {bf.MANIFEST_NAME} (not a bundle); "
+                         "pick a new or empty directory, or an existing bundle to replace")
+
+
+def _swap_in(staging: Path, target: Path) -> None:
+    """Replace `target` by the complete bundle in `staging`: old aside, new in, old deleted."""
+    if target.exists():
+        aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.replaced-", dir=target.parent))
+        os.rename(target, aside / target.name)
+        os.rename(staging, target)
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.rename(staging, target)
+
+
 def _int8_and_bf16(bundle: Path, manifest: dict[str, Any], ref: dict[str, np.ndarray], videos, captions,
                    source, onnx_mode: str | None, progress: bool) -> None:
     """INT8 graphs (entered in the manifest only if they pass the int8 gates) and the bf16 row's figures."""
@@ -166,11 +212,63 @@ def export_bundle(out: str | Path, checkpoint: str | Path | None = None, clip: s
                   fp32_scopes: tuple[str, ...] = FP32_SCOPES, int8: bool = True,
                   calibration_videos: str | Path | None = None, calibration_captions: str | Path | None = None,
                   int8_onnx_mode: str | None = None, calibration_source=None, **overrides: Any) -> ExportResult:
-    """Export a bundle into `out`; raises ExportValidationError (bundle marked invalid) on FP32 failure."""
-    bundle = Path(out)
-    bundle.mkdir(parents=True, exist_ok=True)
+    """Export a bundle into `out`; raises ExportValidationError (bundle marked invalid) on FP32 failure.
+
+    int8: also write the INT8 graphs, calibrated on `calibration_videos` / `calibration_captions`,
+    or on what `calibration_source` (export.int8.CalibrationSource) provides for the missing ones;
+    with neither, the INT8 step is recorded as skipped with the reason.
+
+    The bundle is written into a temporary sibling directory and swapped in only when complete,
+    so an interrupted or failed export leaves an existing bundle at `out` exactly as it was. When
+    FP32 validation fails, a new `out` receives the bundle marked invalid (for inspection); an
+    existing bundle is kept and the rejected export goes to `<out>.rejected` instead.
+    """
+    target = Path(out)
+    check_out_dir(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.exporting-", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it 0700; a bundle gets the usual permissions
+    replacing = target.exists() and (target / bf.MANIFEST_NAME).is_file()
+    try:
+        int8_options = {"videos": calibration_videos, "captions": calibration_captions, "source": calibration_source,
+                        "onnx_mode": int8_onnx_mode} if int8 else None
+        result = _export_into(staging, target, checkpoint, clip, bpe, opset, progress, fp32_scopes, overrides,
+                              int8_options)
+    except ExportValidationError as exc:
+        if replacing:
+            rejected = target.with_name(target.name + ".rejected")
+            shutil.rmtree(rejected, ignore_errors=True)
+            os.rename(staging, rejected)
+            raise ExportValidationError(f"{exc}\nthe previous bundle at {target} is unchanged; the rejected export "
+                                        f"is in {rejected} for inspection") from None
+        _swap_in(staging, target)
+        raise
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _swap_in(staging, target)
+    result.bundle = target
+    return result
+
+
+def _export_into(bundle: Path, target: Path, checkpoint, clip, bpe, opset: int, progress: bool,
+                 fp32_scopes: tuple[str, ...], overrides: dict[str, Any],
+                 int8_options: dict[str, Any] | None = None) -> ExportResult:
+    """export_bundle's work, written into the (temporary) directory `bundle`; `target` names it in messages."""
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    steps = tqdm(total=8 if int8 else 7, desc="export", unit="step", disable=not progress)
+    steps = tqdm(total=8 if int8_options is not None else 7, desc="export", unit="step", disable=not progress)
+    try:
+        return _export_steps(bundle, target, checkpoint, clip, bpe, opset, steps, fp32_scopes, overrides,
+                             int8_options, progress)
+    finally:
+        steps.close()  # before any error message, so it is not printed on the progress bar's line
+
+
+def _export_steps(bundle: Path, target: Path, checkpoint, clip, bpe, opset: int, steps, fp32_scopes,
+                  overrides: dict[str, Any], int8_options: dict[str, Any] | None = None,
+                  progress: bool = True) -> ExportResult:
     seconds: dict[str, float] = {}
 
     def step(label: str, action: Callable[[], Any]) -> Any:
@@ -182,6 +280,7 @@ def export_bundle(out: str | Path, checkpoint: str | Path | None = None, clip: s
         return value
 
     model, source, beside = step("load model", lambda: load_source(checkpoint, clip, overrides))
+    require_finite_weights(model, str(checkpoint or clip or source["name"]))
     cfg = model.cfg
     specs = graph_specs(cfg)
     tokenizer = step("tokenizer", lambda: resolve_tokenizer(model, bpe, beside))
@@ -243,19 +342,18 @@ def export_bundle(out: str | Path, checkpoint: str | Path | None = None, clip: s
         return results
 
     parity = step("validate with onnxruntime", validate)
-    if int8 and parity["fp32"].passed:
-        step("int8 graphs + bf16 row", lambda: _int8_and_bf16(bundle, manifest, ref, calibration_videos,
-                                                               calibration_captions, calibration_source,
-                                                               int8_onnx_mode, progress))
+    if int8_options is not None and parity["fp32"].passed:
+        step("int8 graphs + bf16 row", lambda: _int8_and_bf16(
+            bundle, manifest, ref, int8_options["videos"], int8_options["captions"], int8_options["source"],
+            int8_options["onnx_mode"], progress))
     report = ["# Export validation", "", f"Model: {cfg.name}; source: {source['name']}", ""]
     report += [parity[p].to_markdown("ONNX Runtime CPU vs PyTorch FP32") + "\n" for p in parity]
     atomic_write_text(bundle / bf.VALIDATION_FILE, "\n".join(report))
     manifest["valid"] = parity["fp32"].passed
     manifest["export_seconds"] = seconds
     step("manifest", lambda: mf.write_manifest(bundle, manifest))
-    steps.close()
     result = ExportResult(bundle, manifest, parity, seconds)
     if not parity["fp32"].passed:
-        raise ExportValidationError(f"{bundle}: FP32 graphs fail the FP32 parity row; bundle marked invalid:\n  - "
+        raise ExportValidationError(f"{target}: FP32 graphs fail the FP32 parity row; bundle marked invalid:\n  - "
                                     + "\n  - ".join(parity["fp32"].failures))
     return result

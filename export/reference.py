@@ -28,7 +28,7 @@ def reference_video_inputs(model: TS2Net, videos: int = 6, seed: int = 0) -> tup
     frames = rng.standard_normal((videos, cfg.max_frames, 3, cfg.image_size, cfg.image_size)).astype(np.float32)
     # smooth the noise a little so patches differ in content the way image patches do
     frames = (frames + np.roll(frames, 1, axis=-1) + np.roll(frames, 1, axis=-2)) / 3
-    counts = [cfg.max_frames, cfg.max_frames - 1, min(5, cfg.max_frames), 1]
+    counts = [cfg.max_frames, max(cfg.max_frames - 1, 1), min(5, cfg.max_frames), 1]  # max_frames 1: all 1
     mask = np.zeros((videos, cfg.max_frames), dtype=np.int64)
     for row in range(videos):
         valid = counts[row % len(counts)]

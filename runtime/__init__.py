@@ -28,6 +28,8 @@ _EXPORTS = {
     "create_backend": "backends",
     "available_backends": "backends",
     "BundleEncoder": "encoder",
+    # encoding through a Triton server (`ts2net serve` or a `ts2net triton` repository)
+    "ServerEncoder": "triton.client",
 }
 
 __all__ = sorted(_EXPORTS)

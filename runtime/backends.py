@@ -284,6 +284,18 @@ class OrtBackend(Backend):
 
 
 # ------------------------------------------------------------------------------ TensorRT
+def tensorrt_gpus() -> list[dict[str, Any]]:
+    """[CUDA device 0] as TensorRT sees it (driver API, nvidia-smi fallback), or [] without a GPU.
+
+    The same probe `ts2net engine` records at build time, so build and compatibility check always
+    describe the same device, whatever `CUDA_VISIBLE_DEVICES` selects.
+    """
+    from .gpu import cuda_device_zero
+
+    device = cuda_device_zero()
+    return [device] if device else []
+
+
 def _version_key(version: str) -> tuple[str, ...]:
     """major.minor.patch: engines are tied to the TensorRT release that built them."""
     return tuple(str(version).split("+")[0].split(".")[:3])
@@ -305,7 +317,8 @@ def engine_compatibility(entry: Mapping[str, Any], tensorrt_version: str | None,
     gpu = entry.get("gpu") or {}
     gpu_list = list(visible_gpus)
     if not gpu_list:
-        errors.append("no NVIDIA GPU is visible (nvidia-smi / libcuda found none); TensorRT engines need one")
+        errors.append("no NVIDIA GPU is visible (libcuda / nvidia-smi found none; check CUDA_VISIBLE_DEVICES); "
+                      "TensorRT engines need one")
     else:
         here = gpu_list[0]
         if str(gpu.get("compute_capability")) != str(here.get("compute_capability")):
@@ -348,6 +361,19 @@ def profile_batch_range(profile: Any, input_specs: list[Mapping[str, Any]]) -> t
     return (low, high) if low is not None and high is not None else None
 
 
+def pad_batch(feed: Mapping[str, np.ndarray], min_batch: int) -> tuple[dict[str, np.ndarray], int]:
+    """`feed` with its batch axis padded up to `min_batch` by repeating the last item, and the real batch.
+
+    An engine built with a profile MIN > 1 rejects smaller batches, yet an encoder's last chunk
+    can be smaller; the rows are independent, so repeated rows change nothing and are dropped.
+    """
+    batch = next(iter(feed.values())).shape[0]
+    if batch >= min_batch or batch == 0:
+        return dict(feed), batch
+    extra = min_batch - batch
+    return {k: np.concatenate([v, np.repeat(v[-1:], extra, axis=0)]) for k, v in feed.items()}, batch
+
+
 class TensorRTBackend(Backend):
     """A bundle's TensorRT engine (built by `make engine` from the FP16 graph), run with Polygraphy."""
 
@@ -362,9 +388,7 @@ class TensorRTBackend(Backend):
         if problems:
             raise BackendUnavailable("tensorrt cannot run:\n  - " + "\n  - ".join(problems))
         entry = bundle.engine_entry(graph)
-        from .gpu import gpus
-
-        errors, warnings = engine_compatibility(entry, version, gpus())
+        errors, warnings = engine_compatibility(entry, version, tensorrt_gpus())
         if errors:
             raise BackendUnavailable("tensorrt cannot run this engine:\n  - " + "\n  - ".join(errors))
         for warning in warnings:
@@ -382,29 +406,39 @@ class TensorRTBackend(Backend):
     def max_batch(self) -> int | None:
         return self._batch_range[1] if self._batch_range else None
 
+    @property
+    def min_batch(self) -> int:
+        """Smallest batch of the engine's profile; smaller batches are padded (see _infer_impl)."""
+        return self._batch_range[0] if self._batch_range else 1
+
     def _extra_input_problems(self, feed: Mapping[str, np.ndarray]) -> list[str]:
         if self._batch_range is None:
             return []
         low, high = self._batch_range
         batch = next(iter(feed.values())).shape[0]
-        if not low <= batch <= high:
+        if batch < 1 or batch > high:
             return [f"batch {batch} is outside the engine's optimization profile {low}..{high} "
                     "(split the batch, or rebuild the engine with a larger profile)"]
         return []
 
     def _load_impl(self) -> None:
         from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+        from polygraphy.exception import PolygraphyException
 
-        data = self.bundle.engine_path(self.graph).read_bytes()
-        runner = TrtRunner(EngineFromBytes(data), name=f"ts2net-{self.graph}")
-        runner.activate()
+        path = self.bundle.engine_path(self.graph)
+        try:
+            runner = TrtRunner(EngineFromBytes(path.read_bytes()), name=f"ts2net-{self.graph}")
+            runner.activate()
+        except PolygraphyException as exc:
+            raise BackendUnavailable(f"{path}: TensorRT could not deserialize the {self.graph} engine ({exc}); "
+                                     "rebuild it here with `ts2net engine`") from exc
         self._runner = runner
 
     def _infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        feed = {k: np.ascontiguousarray(v) for k, v in feed.items()}
+        feed, batch = pad_batch({k: np.ascontiguousarray(v) for k, v in feed.items()}, self.min_batch)
         outputs = self._runner.infer(feed, check_inputs=False)
-        # Polygraphy reuses its output buffers between calls: hand out copies.
-        return {name: np.array(outputs[name], copy=True) for name in self.output_names}
+        # Polygraphy reuses its output buffers between calls: hand out copies (without the padding).
+        return {name: np.array(outputs[name][:batch], copy=True) for name in self.output_names}
 
     def _close_impl(self) -> None:
         if self._runner is not None:
@@ -433,17 +467,15 @@ def available_backends(bundle: Bundle | None = None) -> list[BackendStatus]:
     statuses.append(BackendStatus("ort-cuda", *ort_cuda_status()))
     version, reason = tensorrt_status()
     if version is not None:
-        from .gpu import gpus
-
         problems = []
-        if not gpus():
+        if not tensorrt_gpus():
             problems.append("no NVIDIA GPU is visible")
         if bundle is not None:
             for graph in ("text", "video"):
                 if not bundle.has_engine(graph):
                     problems.append(f"no {graph} engine in the bundle (run `make engine`)")
                 else:
-                    problems += engine_compatibility(bundle.engine_entry(graph), version, gpus())[0]
+                    problems += engine_compatibility(bundle.engine_entry(graph), version, tensorrt_gpus())[0]
         reason = "; ".join(problems) if problems else f"TensorRT {version}"
         statuses.append(BackendStatus("tensorrt", not problems, reason))
     else:
@@ -452,6 +484,17 @@ def available_backends(bundle: Bundle | None = None) -> list[BackendStatus]:
 
     statuses.append(BackendStatus("openvino", *precision_status("fp32")))
     return statuses
+
+
+def default_precision(bundle: Bundle, backend: str) -> str:
+    """The precision a command runs when the user names none: the engine's for TensorRT, else FP32.
+
+    An engine has exactly one precision (its FP16 graph's), so `eval` / `index` with
+    `--backend tensorrt` must key caches and reports by it, not by the FP32 default of ONNX Runtime.
+    """
+    if backend == "tensorrt" and bundle.has_engine("text"):
+        return str(bundle.engine_entry("text").get("precision", "fp16"))
+    return "fp32"
 
 
 def create_backend(bundle: Bundle | str | os.PathLike, graph: str, backend: str = "ort-cpu",

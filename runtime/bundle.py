@@ -239,7 +239,7 @@ def open_bundle(path: str | os.PathLike, verify: bool = True, allow_invalid: boo
     if manifest.get("valid") is not True and not allow_invalid:
         raise BundleError(f"{root}: the manifest marks this bundle invalid (\"valid\": false): its FP32 graphs did "
                           "not pass export validation, or the export did not finish. See validation.md in the "
-                          "bundle; pass allow_invalid=True only to inspect it")
+                          "bundle, and export it again with `ts2net export`")
     bundle = Bundle(root, manifest)
     if verify:
         bundle.verify()

@@ -23,7 +23,6 @@ MANIFEST_NAME = "manifest.json"
 TOKENIZER_FILE = "tokenizer.json"
 REFERENCE_FILE = "reference.npz"
 VALIDATION_FILE = "validation.md"
-TIMING_CACHE_FILE = "timing.cache"
 GRAPHS = ("text", "video")
 # Precisions that have graph files. bf16 has none: it is an OpenVINO inference hint on the fp32 graph.
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -195,6 +194,9 @@ def schema_problems(manifest: Any) -> list[str]:
             missing = [k for k in ENGINE_KEYS if k not in entry]
             if missing:
                 problems.append(f"{where}: missing {missing}")
+            if "precision" in entry and entry["precision"] not in PRECISIONS:
+                problems.append(f"{where}.precision: {entry['precision']!r} is not one of {list(PRECISIONS)} "
+                                "(an engine from an older `ts2net engine`; rebuild it with `ts2net engine`)")
             gpu = entry.get("gpu")
             if "gpu" in entry and not (isinstance(gpu, Mapping) and {"name", "compute_capability"} <= gpu.keys()):
                 problems.append(f"{where}.gpu: expected an object with name and compute_capability")

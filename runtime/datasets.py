@@ -43,6 +43,7 @@ __all__ = [
     "read_annotations",
     "find_video_file",
     "list_video_files",
+    "list_video_entries",
     "read_subsets",
     "default_subsets_path",
     "load_retrieval_set",
@@ -161,11 +162,20 @@ def read_annotations(path: str | os.PathLike) -> tuple[list[Caption], str]:
     return captions, fmt
 
 
-def _read_csv(p: Path) -> tuple[list[Caption], str]:
+def _read_utf8(p: Path) -> str:
+    """The file's text (a UTF-8 BOM dropped); a non-UTF-8 byte is an error naming its line and column."""
+    data = p.read_bytes()
     try:
-        text = p.read_text(encoding="utf-8-sig")  # -sig: spreadsheets like to add a BOM
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise AnnotationError(f"{p}: not UTF-8 text ({exc})") from exc
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise AnnotationError(f"{p}: line {line}, column {column}: byte 0x{data[exc.start]:02x} is not UTF-8; "
+                              "save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from exc
+
+
+def _read_csv(p: Path) -> tuple[list[Caption], str]:
+    text = _read_utf8(p)
     reader = csv.reader(text.splitlines(keepends=True))
     try:
         header = next(reader)
@@ -205,10 +215,7 @@ def _read_csv(p: Path) -> tuple[list[Caption], str]:
 def _read_jsonl(p: Path) -> list[Caption]:
     captions: list[Caption] = []
     problems: list[str] = []
-    try:
-        lines = p.read_text(encoding="utf-8-sig").splitlines()
-    except UnicodeDecodeError as exc:
-        raise AnnotationError(f"{p}: not UTF-8 text ({exc})") from exc
+    lines = _read_utf8(p).splitlines()
     for number, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue
@@ -251,14 +258,33 @@ def _problem_list(p: Path, problems: list[str]) -> str:
 # video files
 # --------------------------------------------------------------------------------------------
 
-def find_video_file(videos_dir: str | os.PathLike, video_id: str) -> Optional[Path]:
-    """``{videos_dir}/{video_id}.mp4``, else the first existing other extension, else None."""
+def find_video_file(videos_dir: str | os.PathLike, video_id: str,
+                    listing: Optional[dict[str, Path]] = None) -> Optional[Path]:
+    """``{videos_dir}/{video_id}.mp4``, else the first existing other extension, else None.
+
+    Extensions match in any case (``clipA.MP4``, as `ts2net index` accepts), exact lower case
+    first. ``listing`` (from :func:`video_files_by_id`) avoids one directory scan per id.
+    """
     base = Path(videos_dir)
     for ext in VIDEO_EXTENSIONS:
         candidate = base / f"{video_id}{ext}"
         if candidate.is_file():
             return candidate
-    return None
+    listing = video_files_by_id(base) if listing is None else listing
+    return listing.get(video_id)
+
+
+def video_files_by_id(videos_dir: str | os.PathLike) -> dict[str, Path]:
+    """Regular files of ``videos_dir`` with a video extension in any case, by id (first extension wins)."""
+    order = {ext: i for i, ext in enumerate(VIDEO_EXTENSIONS)}
+    found: dict[str, tuple[int, Path]] = {}
+    for entry in Path(videos_dir).iterdir():
+        rank = order.get(entry.suffix.lower())
+        if rank is None or entry.name.startswith(".") or not entry.is_file():
+            continue
+        if entry.stem not in found or rank < found[entry.stem][0]:
+            found[entry.stem] = (rank, entry)
+    return {k: v for k, (_, v) in found.items()}
 
 
 def list_video_files(videos_dir: str | os.PathLike) -> dict[str, Path]:
@@ -266,19 +292,49 @@ def list_video_files(videos_dir: str | os.PathLike) -> dict[str, Path]:
 
     Sorted by id so an index built twice from the same folder has the same row order. Two files
     with the same id (``a.mp4`` and ``a.avi``) are an error: search results would be ambiguous.
+    Entries with a video extension that are not readable files are left out; see
+    :func:`list_video_entries` for them and the reason.
     """
+    return list_video_entries(videos_dir)[0]
+
+
+def unusable_entry_reason(entry: Path) -> Optional[str]:
+    """Why a directory entry with a video extension cannot be a video file, or None if it can."""
+    if entry.is_symlink():
+        try:
+            entry.resolve(strict=True)
+        except RuntimeError:
+            return "symbolic link loop"
+        except OSError as exc:
+            if getattr(exc, "errno", None) == 40:  # ELOOP
+                return "symbolic link loop"
+            return f"broken symbolic link (target {os.readlink(entry)!r} does not exist)"
+    if entry.is_dir():
+        return "a directory, not a video file"
+    if not entry.is_file():
+        return "not a regular file"
+    return None
+
+
+def list_video_entries(videos_dir: str | os.PathLike) -> tuple[dict[str, Path], list[tuple[str, str]]]:
+    """(video files keyed by id, [(path, reason)] of entries with a video extension that are unusable)."""
     base = Path(videos_dir)
     if not base.is_dir():
         raise AnnotationError(f"{base}: videos folder not found")
     found: dict[str, Path] = {}
+    unusable: list[tuple[str, str]] = []
     for entry in sorted(base.iterdir()):
-        if entry.name.startswith(".") or entry.suffix.lower() not in VIDEO_EXTENSIONS or not entry.is_file():
+        if entry.name.startswith(".") or entry.suffix.lower() not in VIDEO_EXTENSIONS:
+            continue
+        reason = unusable_entry_reason(entry)
+        if reason is not None:
+            unusable.append((str(entry), reason))
             continue
         if entry.stem in found:
             raise AnnotationError(f"{base}: two files have video id {entry.stem!r}: "
                                   f"{found[entry.stem].name} and {entry.name}")
         found[entry.stem] = entry
-    return dict(sorted(found.items()))
+    return dict(sorted(found.items())), unusable
 
 
 def _resolve_videos(annotations: Path, captions: list[Caption], videos_dir: Path,
@@ -287,10 +343,11 @@ def _resolve_videos(annotations: Path, captions: list[Caption], videos_dir: Path
         raise AnnotationError(f"{videos_dir}: videos folder not found (given for {annotations})")
     paths: dict[str, Path] = {}
     missing: list[str] = []
+    listing = video_files_by_id(videos_dir)
     for c in captions:
         if c.video_id in paths:
             continue
-        found = find_video_file(videos_dir, c.video_id)
+        found = find_video_file(videos_dir, c.video_id, listing)
         if found is None and allow_missing:
             paths[c.video_id] = videos_dir / f"{c.video_id}{VIDEO_EXTENSIONS[0]}"  # fails to decode later
         elif found is None:

@@ -8,6 +8,9 @@ and embeddings depend only on (model, backend, precision, file bytes). So:
 * one ``.npz`` per video, named by the SHA-256 of the video *file*: a changed file gets a new
   name and is re-encoded, a renamed or copied one is found again, and nothing needs an index
   file that could disagree with the entries;
+* video entries under ``videos/{preprocessing id}/``: the id digests our decode + transform rules'
+  version and the PyAV / FFmpeg / Pillow versions (``runtime.video.preprocessing_identity``), so
+  entries filled by other pixel-producing code are never served; they are simply not found;
 * captions keyed by the SHA-256 of their UTF-8 text, stored in chunk files of many captions
   (one file per caption would be thousands of tiny files for MSR-VTT).
 
@@ -36,7 +39,7 @@ from typing import Callable, Mapping, Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from .video import VideoDecodeError
+from .video import VideoDecodeError, preprocessing_id, preprocessing_identity
 from .files import atomic_save_npy, atomic_write_bytes, npz_bytes
 from .files import sha256_file as file_sha256
 
@@ -101,7 +104,7 @@ class VideoEmbedding:
 class EmbeddingCache:
     """Embeddings of one (bundle, backend, precision) under ``{root}/{bundle}-{backend}-{precision}/``.
 
-    Layout: ``videos/{sha[:2]}/{sha}.npz`` (``frame_embeds``, ``frame_mask``, optional
+    Layout: ``videos/{preprocessing_id}/{sha[:2]}/{sha}.npz`` (``frame_embeds``, ``frame_mask``, optional
     ``patch_indices``), ``texts/{chunk}.npz`` (``keys`` = caption SHA-256s, ``embeds``) and a
     human-readable ``cache.json``.
     """
@@ -111,6 +114,8 @@ class EmbeddingCache:
         self.root = Path(root)
         self.dir = self.root / "-".join(parts)
         self.key = {"bundle_id": str(bundle_id), "backend": str(backend), "precision": str(precision)}
+        self.preprocessing_id = preprocessing_id()
+        self.preprocessing = preprocessing_identity()
         self._texts: Optional[dict[str, np.ndarray]] = None
 
     def __repr__(self) -> str:
@@ -119,12 +124,15 @@ class EmbeddingCache:
     def _describe(self) -> None:
         meta = self.dir / "cache.json"
         if not meta.exists():
-            atomic_write_bytes(meta, (json.dumps({"format": "ts2net-embedding-cache", "version": 1,
+            atomic_write_bytes(meta, (json.dumps({"format": "ts2net-embedding-cache", "version": 2,
                                                   **self.key}, indent=1) + "\n").encode(), fsync=False)
+        pp_meta = self.dir / "videos" / self.preprocessing_id / "preprocessing.json"
+        if not pp_meta.exists():
+            atomic_write_bytes(pp_meta, (json.dumps(self.preprocessing, indent=1) + "\n").encode(), fsync=False)
 
     # videos ---------------------------------------------------------------------------------
     def video_file(self, sha: str) -> Path:
-        return self.dir / "videos" / sha[:2] / f"{sha}.npz"
+        return self.dir / "videos" / self.preprocessing_id / sha[:2] / f"{sha}.npz"
 
     def load_video(self, sha: str) -> Optional[VideoEmbedding]:
         """The cached embedding of the video file with this SHA-256, or None (also if unreadable)."""

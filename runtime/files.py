@@ -5,6 +5,8 @@ this one implementation.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import io
 import os
@@ -64,3 +66,29 @@ def sha256_file(path: str | os.PathLike) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+class LockHeldError(RuntimeError):
+    """Another process holds the lock; the message names the directory and the command."""
+
+
+@contextlib.contextmanager
+def directory_lock(directory: str | os.PathLike, command: str, name: str = ".lock"):
+    """Hold an exclusive, non-blocking `flock` on `directory/name` for the duration of the block.
+
+    The kernel releases it when the process dies, so a crash never leaves a stale lock (the file
+    itself stays and is harmless). A second writer fails at once with a clear message instead of
+    waiting or, worse, interleaving its writes with the first one's.
+    """
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = open(folder / name, "a+b")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LockHeldError(f"another `{command}` holds the lock on {folder}; wait for it to finish "
+                                "(or write elsewhere)") from None
+        yield
+    finally:
+        handle.close()

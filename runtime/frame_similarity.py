@@ -34,6 +34,8 @@ __all__ = [
     "effective_frame_mask",
     "similarity",
     "dsl_rescale",
+    "NonFiniteScoresError",
+    "require_finite_scores",
 ]
 
 
@@ -413,3 +415,46 @@ def dsl_rescale(sim, *, out: Optional[np.ndarray] = None, row_chunk: int = 4096)
         block *= weights
         out[r0:r0 + row_chunk] = block
     return out
+
+
+class NonFiniteScoresError(ValueError):
+    """Similarity scores that are NaN or infinite: ranking them would be arbitrary."""
+
+
+def _non_finite_rows(arr: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """Indices of the leading-axis rows of `arr` holding a NaN or an infinity (memory-mapped safe)."""
+    rows = []
+    for start in range(0, len(arr), chunk):
+        block = np.asarray(arr[start:start + chunk], np.float32).reshape(min(chunk, len(arr) - start), -1)
+        rows.extend((start + np.flatnonzero(~np.isfinite(block).all(axis=1))).tolist())
+    return np.asarray(rows, np.int64)
+
+
+def require_finite_scores(sim: np.ndarray, text_embeds, frame_embeds, *, text_labels, video_labels,
+                          text_source: str, video_source: str) -> None:
+    """Raise NonFiniteScoresError naming where NaN/inf scores came from; return if all are finite.
+
+    Every comparison with NaN is false, so a NaN score would neither win nor lose a ranking; its
+    position in a sorted list is arbitrary. Search and evaluation therefore refuse such scores and
+    say whether the text embeddings (the text graph) or the frame embeddings (index / video graph)
+    carried them.
+    """
+    if np.isfinite(sim).all():
+        return
+    bad_texts = _non_finite_rows(np.asarray(text_embeds))
+    bad_videos = _non_finite_rows(frame_embeds)
+    n_bad = int((~np.isfinite(sim)).sum())
+    parts = [f"{n_bad} of {sim.size} similarity scores are NaN or infinite"]
+
+    def names(labels, idx):
+        shown = [repr(str(labels[i])[:60]) for i in idx[:5]]
+        return ", ".join(shown) + (f" and {len(idx) - 5} more" if len(idx) > 5 else "")
+
+    if len(bad_texts):
+        parts.append(f"the text embeddings of {names(text_labels, bad_texts)} are non-finite ({text_source})")
+    if len(bad_videos):
+        parts.append(f"the frame embeddings of {names(video_labels, bad_videos)} are non-finite ({video_source})")
+    if not len(bad_texts) and not len(bad_videos):
+        parts.append("the embeddings are finite but overflow the similarity (check the bundle's logit_scale)")
+    raise NonFiniteScoresError("; ".join(parts) + ". The model or its inputs are corrupt: re-export the bundle "
+                               "from a checkpoint with finite weights, or rebuild the index")

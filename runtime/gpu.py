@@ -5,6 +5,7 @@ on) and the engine builder (the GPU an engine is built for, the TensorRT that bu
 """
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from functools import lru_cache
@@ -66,6 +67,43 @@ def _cuda_driver_gpus() -> list[dict[str, Any]]:
         result.append({"name": name.value.decode(errors="replace"),
                        "compute_capability": f"{major.value}.{minor.value}", "driver": None, "memory_mib": None})
     return result
+
+
+def cuda_device_zero() -> dict[str, Any] | None:
+    """Name and compute capability of CUDA device 0: the GPU TensorRT builds for and runs on.
+
+    Asked of the CUDA driver API (libcuda), which honours ``CUDA_VISIBLE_DEVICES`` and CUDA's
+    device order exactly as TensorRT does. nvidia-smi is only the fallback (a machine with a
+    driver but no loadable libcuda): it lists GPUs in PCI order and ignores
+    ``CUDA_VISIBLE_DEVICES``, so its row is chosen by the first entry of that variable when it is
+    a plain index, and it is absent in containers run with only the ``compute`` capability.
+    None when neither finds a GPU. Not cached: the answer may change with the environment.
+    """
+    driver = _cuda_driver_gpus()
+    if driver:
+        return {"name": driver[0]["name"], "compute_capability": driver[0]["compute_capability"],
+                "source": "cuda driver"}
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return None
+    try:
+        out = subprocess.run([smi, "--query-gpu=name,compute_cap", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    rows = [line.split(",", 1) for line in out.stdout.strip().splitlines() if "," in line] if out.returncode == 0 else []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        first = visible.split(",")[0].strip()
+        if not first.isdigit():  # "" hides every GPU; UUIDs / MIG names cannot be mapped to rows here
+            return None
+        index = int(first)
+        return _smi_row(rows[index]) if index < len(rows) else None
+    return _smi_row(rows[0]) if rows else None
+
+
+def _smi_row(row: list[str]) -> dict[str, Any]:
+    return {"name": row[0].strip(), "compute_capability": row[1].strip(), "source": "nvidia-smi"}
 
 
 def tensorrt_status() -> tuple[str | None, str]:

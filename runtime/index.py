@@ -13,11 +13,15 @@ Index directory layout (``index.json`` is the commit point, written last and ato
     frame_mask.<gen>.npy          [N, T] uint8 (1 real frame, 0 padding)
 
 The arrays carry a generation tag in their names, so a rebuild writes new files next to the
-old ones, then switches ``index.json`` to them in one ``os.replace``, then deletes the old ones:
-a crash at any point leaves a consistent index (the old or the new).
+old ones, then switches ``index.json`` to them in one ``os.replace``, then deletes the generation
+it replaced (only that one): a crash at any point leaves a consistent index (the old or the new).
+A build holds an exclusive ``flock`` on ``.index.lock`` in the directory from start to end, so a
+second ``ts2net index`` on the same ``--out`` stops at once with "another `ts2net index` holds the
+lock" instead of interleaving writes (two unlocked builds used to delete each other's arrays).
 
 Resuming: a rebuild hashes every video file and takes its embedding, in this order, from the
-existing index (same bundle, backend, precision, and a dtype at least as precise), from the
+existing index (same bundle, backend, precision, preprocessing identity, i.e. our decode and
+transform rules' version and the PyAV / FFmpeg / Pillow versions, and a dtype at least as precise), from the
 embedding cache (filled every few videos while encoding, so an interrupted run loses at most one
 chunk), or from the model. So re-running after an interruption or after adding videos encodes
 only what is new or changed.
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -40,9 +45,11 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from . import datasets
+from .files import LockHeldError, directory_lock
 from .embedding_cache import (EmbeddingCache, VideoEmbedding, atomic_save_npy, atomic_write_bytes,
                               default_cache_dir, encode_videos_cached)
-from .frame_similarity import similarity
+from .frame_similarity import require_finite_scores, similarity
+from .video import VideoDecodeError, preprocessing_identity
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +59,13 @@ __all__ = ["INDEX_FORMAT", "VideoIndexError", "VideoIndex", "open_index", "build
 INDEX_FORMAT = "ts2net-index"
 INDEX_VERSION = 1
 INDEX_FILE = "index.json"
+LOCK_FILE = ".index.lock"  # held (flock) by the building process
 DTYPES = ("float16", "float32")
+
+
+# index.json keys every reader relies on, and their JSON types
+REQUIRED_KEYS = {"videos": list, "arrays": dict, "bundle": dict, "similarity": dict, "backend": str,
+                 "precision": str, "videos_dir": str}
 
 
 class VideoIndexError(ValueError):
@@ -96,12 +109,23 @@ def open_index(path) -> VideoIndex:
     if meta.get("format") != INDEX_FORMAT or meta.get("version") != INDEX_VERSION:
         raise VideoIndexError(f"{meta_path}: not a {INDEX_FORMAT} v{INDEX_VERSION} index "
                           f"(format {meta.get('format')!r}, version {meta.get('version')!r})")
+    rebuild = f"rebuild it with `ts2net index --out {root}`"
+    problems = [f"{key} ({kind.__name__})" for key, kind in REQUIRED_KEYS.items() if not isinstance(meta.get(key), kind)]
+    listed = meta.get("arrays") if isinstance(meta.get("arrays"), dict) else {}
+    problems += [f"arrays.{name} (file name)" for name in ("frame_embeds", "frame_mask")
+                 if not isinstance(listed.get(name), str) or "/" in listed.get(name, "/")]
+    if problems:
+        raise VideoIndexError(f"{meta_path}: missing or malformed {', '.join(problems)}; the file is damaged or "
+                              f"hand-edited: {rebuild}")
     arrays = {}
     for name in ("frame_embeds", "frame_mask"):
-        file = root / meta["arrays"][name]
+        file = root / listed[name]
         if not file.is_file():
-            raise VideoIndexError(f"{root}: {file.name} listed in {INDEX_FILE} is missing (incomplete copy?)")
-        arrays[name] = np.load(file, mmap_mode="r", allow_pickle=False)
+            raise VideoIndexError(f"{root}: {file.name} listed in {INDEX_FILE} is missing (incomplete copy?); {rebuild}")
+        try:
+            arrays[name] = np.load(file, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise VideoIndexError(f"{file}: not a complete .npy array ({exc}; truncated copy?); {rebuild}") from exc
     n = len(meta["videos"])
     fe, fm = arrays["frame_embeds"], arrays["frame_mask"]
     if fe.ndim != 3 or fe.shape[0] != n or fm.shape != fe.shape[:2]:
@@ -122,7 +146,11 @@ def _reusable_rows(out: Path, bundle_id: str, backend: str, precision: str, dtyp
     m = old.meta
     same_model = (m["bundle"]["id"], m["backend"], m["precision"]) == (bundle_id, backend, precision)
     precise_enough = m["dtype"] == dtype or m["dtype"] == "float32"
-    if not (same_model and precise_enough):
+    same_pixels = m.get("preprocessing") == preprocessing_identity()
+    if not same_pixels:
+        log.warning("re-encoding every video: the index was built with other decoding/preprocessing (%s, now %s)",
+                    m.get("preprocessing"), preprocessing_identity())
+    if not (same_model and precise_enough and same_pixels):
         return {}
     return {v["sha256"]: VideoEmbedding(np.asarray(old.frame_embeds[i], np.float32),
                                         np.asarray(old.frame_mask[i], np.int64))
@@ -134,7 +162,7 @@ def build_index(
     videos_dir,
     out,
     backend: str = "ort-cpu",
-    precision: str = "fp32",
+    precision: Optional[str] = None,
     skip_bad: bool = False,
     batch_size: int = 16,
     *,
@@ -143,31 +171,64 @@ def build_index(
     progress: bool = True,
     chunk_size: Optional[int] = None,
     workers: int = 0,
+    server: Optional[str] = None,
 ) -> dict[str, Any]:
     """Encode every video of ``videos_dir`` into the index directory ``out``; returns index.json's dict.
+
+    ``server``: a Triton URL (``ts2net serve`` or a ``ts2net triton`` repository) that runs the
+    video graph instead of a local backend; the index then records backend ``triton``.
 
     ``cache_dir``: embedding cache root (``None`` = default location, ``False`` = no cache,
     which also means an interrupted build starts over). ``chunk_size``: videos encoded between
     two cache writes (default ``max(2 * batch_size, 16)``). ``workers``: video decoding threads.
+    Raises VideoIndexError when another process is building into ``out``.
     """
-    from .bundle import open_bundle
-    from .encoder import BundleEncoder
-
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     start = time.perf_counter()
     out = Path(out)
-    files = datasets.list_video_files(videos_dir)
+    if out.exists() and not out.is_dir():
+        raise VideoIndexError(f"--out {out} is a file; an index is a directory (pick another path)")
+    try:
+        with directory_lock(out, "ts2net index", LOCK_FILE):
+            return _build_locked(bundle_dir, videos_dir, out, backend, precision, skip_bad, batch_size, cache_dir,
+                                 dtype, progress, chunk_size, workers, start, server)
+    except LockHeldError as exc:
+        raise VideoIndexError(str(exc)) from exc
+
+
+def _build_locked(bundle_dir, videos_dir, out: Path, backend, precision, skip_bad, batch_size, cache_dir, dtype,
+                  progress, chunk_size, workers, start, server) -> dict[str, Any]:
+    """build_index's work, run while this process holds the index directory's lock."""
+    from .backends import default_precision
+    from .bundle import open_bundle
+    from .encoder import BundleEncoder
+
+    files, unusable = datasets.list_video_entries(videos_dir)
+    if unusable and not skip_bad:
+        path, reason = unusable[0]
+        raise VideoDecodeError(path, reason + (f" (and {len(unusable) - 1} more such entries)" if len(unusable) > 1
+                                               else ""))
     if not files:
-        raise VideoIndexError(f"{videos_dir}: no video files (looked for {', '.join(datasets.VIDEO_EXTENSIONS)})")
+        raise VideoIndexError(f"{videos_dir}: no video files (looked for {', '.join(datasets.VIDEO_EXTENSIONS)})"
+                              + (f"; {len(unusable)} unusable entries skipped" if unusable else ""))
     bundle = open_bundle(bundle_dir)
+    if server:
+        backend = "triton"
+    precision = precision or default_precision(bundle, backend)
     cache = None
     if cache_dir is not False:
         cache = EmbeddingCache(default_cache_dir() if cache_dir is None else cache_dir, bundle.content_id, backend,
                                precision)
     known = _reusable_rows(out, bundle.content_id, backend, precision, dtype)
 
-    with BundleEncoder(bundle, backend=backend, precision=precision, batch_size=batch_size) as encoder:
+    if server:
+        from .triton.client import ServerEncoder
+
+        encoder = ServerEncoder(bundle, server, batch_size=batch_size)
+    else:
+        encoder = BundleEncoder(bundle, backend=backend, precision=precision, batch_size=batch_size)
+    with encoder:
         result = encode_videos_cached(encoder, list(files.values()), cache, skip_bad=skip_bad,
                                       chunk_size=chunk_size or max(2 * batch_size, 16), progress=progress,
                                       known=known, workers=workers)
@@ -196,22 +257,27 @@ def build_index(
                    "max_words": bundle.max_words, "embed_dim": bundle.embed_dim},
         "backend": backend,
         "precision": precision,
+        "server": server,
         "dtype": dtype,
+        "preprocessing": preprocessing_identity(),
         "similarity": bundle.similarity_args,
         "videos_dir": str(Path(videos_dir).resolve()),
         "n_videos": len(result.paths),
         "videos": [{"id": id_of[str(p)], "file": Path(p).name, "sha256": s, "frames": int(np.count_nonzero(m))}
                    for p, s, m in zip(result.paths, result.sha256, result.frame_mask)],
-        "skipped": [{"video_id": id_of.get(p), "path": p, "reason": r} for p, r in result.skipped],
+        "skipped": [{"video_id": Path(p).stem, "path": p, "reason": r} for p, r in unusable]
+                   + [{"video_id": id_of.get(p), "path": p, "reason": r} for p, r in result.skipped],
         "arrays": arrays,
         "build": {"encoded": result.n_encoded, "from_cache": result.n_cached, "reused_from_index": result.n_reused,
                   "seconds": round(time.perf_counter() - start, 3),
                   "cache_dir": str(cache.dir) if cache else None},
     }
     atomic_write_bytes(out / INDEX_FILE, (json.dumps(meta, indent=1) + "\n").encode())
-    for stale in list(out.glob("frame_embeds.*.npy")) + list(out.glob("frame_mask.*.npy")):
-        if stale.name not in arrays.values():
-            stale.unlink(missing_ok=True)
+    # delete only the generation this build replaced (never files this process did not supersede)
+    replaced = (previous or {}).get("arrays") if isinstance((previous or {}).get("arrays"), dict) else {}
+    for name in replaced.values():
+        if isinstance(name, str) and name not in arrays.values() and "/" not in name:
+            (out / name).unlink(missing_ok=True)
     return meta
 
 
@@ -223,6 +289,25 @@ def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k best scores, best first; ties keep index order (a stable sort, so the
     same index always answers the same way; O(N log N) is milliseconds even for 1M videos)."""
     return np.argsort(-scores, kind="stable")[:k]
+
+
+QUERY_ECHO_CHARS = 200
+
+
+def shorten(text: str, limit: int = QUERY_ECHO_CHARS) -> str:
+    """`text` for echoing back to a person: at most `limit` characters, the length said when cut."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def query_warning(query: str) -> Optional[str]:
+    """Why a (non-empty) query's ranking means little, or None: no word at all, only symbols.
+
+    CLIP's byte-level BPE has a token for everything, so no query is "unknown" to it; but one
+    without any letter or digit ("!!!???") matches videos by punctuation alone.
+    """
+    if not re.search(r"\w", query):
+        return f"{shorten(query)!r} has no word (only punctuation or symbols); its ranking means little"
+    return None
 
 
 def search_index(index: VideoIndex, queries: Sequence[str], k: int = 10, *, bundle_dir=None,
@@ -237,6 +322,11 @@ def search_index(index: VideoIndex, queries: Sequence[str], k: int = 10, *, bund
 
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
+    for number, query in enumerate(queries, start=1):
+        if not query.strip():
+            raise VideoIndexError(f"query {number} is empty: give the text to search for")
+        if query_warning(query):
+            log.warning("query %s: %s", number, query_warning(query))
     path = Path(bundle_dir) if bundle_dir is not None else Path(index.meta["bundle"]["path"])
     if bundle_dir is None and not path.is_dir():
         raise VideoIndexError(f"{index.path}: the bundle recorded in the index, {path}, does not exist here; "
@@ -256,6 +346,9 @@ def search_index(index: VideoIndex, queries: Sequence[str], k: int = 10, *, bund
     with BundleEncoder(bundle, backend=backend, precision=index.meta["precision"], batch_size=batch_size) as enc:
         text = np.asarray(enc.encode_texts(list(queries)), np.float32)
     sim = similarity(text, index.frame_embeds, index.frame_mask, **index.similarity_args)
+    require_finite_scores(sim, text, index.frame_embeds, text_labels=list(queries), video_labels=index.video_ids,
+                          text_source=f"text graph of {path} on {backend}",
+                          video_source=f"stored in the index {index.path}")
     results = []
     ids = index.video_ids
     for q, row in zip(queries, sim):

@@ -75,6 +75,20 @@ def embedding_figures(reference: np.ndarray, produced: np.ndarray) -> dict[str, 
             "reference_max_abs": float(np.abs(ref).max())}
 
 
+def non_finite_problems(arrays: Mapping[str, np.ndarray], where: str) -> list[str]:
+    """One line per floating array holding NaN or infinity: how many values, and the first index."""
+    problems = []
+    for name, value in arrays.items():
+        value = np.asarray(value)
+        if not np.issubdtype(value.dtype, np.floating):
+            continue
+        bad = ~np.isfinite(value)
+        if bad.any():
+            first = tuple(int(i) for i in np.argwhere(bad)[0])
+            problems.append(f"{where} {name}: {int(bad.sum())} non-finite values (NaN/inf), first at index {first}")
+    return problems
+
+
 def compare_outputs(reference: Mapping[str, np.ndarray], produced: Mapping[str, np.ndarray], precision: str,
                     *, logit_scale: float, frame_mask_mode: str, tokens_per_frame: int,
                     softmax_factor: float = 4.0) -> ParityResult:
@@ -86,6 +100,9 @@ def compare_outputs(reference: Mapping[str, np.ndarray], produced: Mapping[str, 
         raise ValueError(f"precision={precision!r}: expected one of {sorted(THRESHOLDS)}")
     limits = THRESHOLDS[precision]
     result = ParityResult(precision)
+    names = ("text_embeds", "frame_embeds")
+    result.failures += non_finite_problems({n: reference[n] for n in names if n in reference}, "reference")
+    result.failures += non_finite_problems({n: produced[n] for n in names if n in produced}, "produced")
     for name in ("text_embeds", "frame_embeds"):
         if name not in produced:
             result.failures.append(f"{name}: missing from the produced outputs")
@@ -100,11 +117,11 @@ def compare_outputs(reference: Mapping[str, np.ndarray], produced: Mapping[str, 
                             embedding_figures(reference[name][real], produced[name][real]).items()
                             if k.startswith("cosine")})
         result.figures[name] = figures
-        if figures["cosine_min"] < limits["cosine_min"]:
+        if not figures["cosine_min"] >= limits["cosine_min"]:
             result.failures.append(f"{name}: cosine min {figures['cosine_min']:.7f} < {limits['cosine_min']}")
-        if "cosine_mean" in limits and figures["cosine_mean"] < limits["cosine_mean"]:
+        if "cosine_mean" in limits and not figures["cosine_mean"] >= limits["cosine_mean"]:
             result.failures.append(f"{name}: cosine mean {figures['cosine_mean']:.7f} < {limits['cosine_mean']}")
-        if "max_abs_err" in limits and figures["max_abs_err"] > limits["max_abs_err"]:
+        if "max_abs_err" in limits and not figures["max_abs_err"] <= limits["max_abs_err"]:
             result.failures.append(f"{name}: max abs err {figures['max_abs_err']:.3g} > {limits['max_abs_err']}")
 
     if "patch_indices" in reference:
@@ -135,7 +152,7 @@ def _compare_retrieval(reference, produced, limits, result, **sim_args) -> None:
     figures = {"max_abs_err": float(np.abs(sim_ref - sim_out).max()), "top1_agreement": top1,
                "ranking_identical": rankings}
     result.figures["similarity"] = figures
-    if "similarity_max_abs_err" in limits and figures["max_abs_err"] > limits["similarity_max_abs_err"]:
+    if "similarity_max_abs_err" in limits and not figures["max_abs_err"] <= limits["similarity_max_abs_err"]:
         result.failures.append(f"similarity: max abs err {figures['max_abs_err']:.3g} > "
                                f"{limits['similarity_max_abs_err']}")
     if "ranking_identical" in limits and rankings < limits["ranking_identical"]:

@@ -82,8 +82,9 @@ def check_real_data(bundle, encoder, annotations: Path, videos: Path, limit: int
             data["note"] = ("the backend under test is the stand-in reference itself, so the real-data comparison "
                             "is trivially identical; use it for the metrics only")
         if not rs.video_ids:
-            data["failures"] = [f"real data: no readable video ({len(skipped)} skipped)"]
-            return data
+            listed = "; ".join(f"{p}: {r}" for p, r in skipped[:3]) + ("; ..." if len(skipped) > 3 else "")
+            raise ValueError(f"real data: no readable video, so the comparison could not run ({len(skipped)} "
+                             f"skipped: {listed}); check --videos")
         texts = rs.texts
         produced = {"text_embeds": encoder.encode_texts(texts, progress=progress),
                     "frame_embeds": np.concatenate(a_embeds), "frame_mask": np.concatenate(masks)}

@@ -18,10 +18,12 @@ read failing past the real end. We instead count what is actually decodable duri
 sample with that count. Both agree whenever the metadata is right or overcounts; when it
 undercounts (rare: a broken index) cv2 would stop at its metadata total while we keep every
 decodable second. Metadata only predicts which frames to keep; a wrong prediction costs a second
-pass, never a wrong answer.
+pass, never a wrong answer. The one exception is a shortfall against a count the stream states
+exactly (MP4 `nb_frames`): that is a truncated file and an error (`check_frame_count`).
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from dataclasses import dataclass
@@ -32,6 +34,33 @@ from PIL import Image
 
 from .bundle_format import CLIP_MEAN, CLIP_STD
 
+
+
+#: Version of *our* decode + transform rules (sampling, decoding pass, resize, crop, normalisation).
+#: Bump it whenever a change here can alter a single output pixel, so that every embedding cache
+#: and index filled by the old rules is re-encoded instead of served (2: crop offset rounded half up).
+PREPROCESSING_RULES_VERSION = 2
+
+
+def preprocessing_identity() -> dict[str, str]:
+    """What produced the pixels: our rules' version and the libraries that decode and resize.
+
+    Embedding caches and indexes store it and re-encode on any mismatch: a new PyAV wheel (with
+    its bundled FFmpeg), another FFmpeg build or another Pillow can change decoded or resized
+    pixels, and embeddings computed from the old pixels would otherwise be served silently.
+    """
+    from PIL import __version__ as pillow_version
+
+    ffmpeg = ",".join(f"{lib}={'.'.join(map(str, v))}" for lib, v in sorted(av.library_versions.items())
+                      if lib in ("libavcodec", "libavformat", "libavutil", "libswscale"))
+    return {"rules": str(PREPROCESSING_RULES_VERSION), "pyav": str(av.__version__), "ffmpeg": ffmpeg,
+            "pillow": str(pillow_version)}
+
+
+def preprocessing_id() -> str:
+    """Short digest of `preprocessing_identity()`, for file and directory names."""
+    text = ";".join(f"{k}={v}" for k, v in sorted(preprocessing_identity().items()))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 class VideoDecodeError(ValueError):
@@ -65,6 +94,12 @@ class VideoInfo:
     width: int
     height: int
     codec: str
+    duration_frames: int = 0  # round(container duration * fps): what an edit list leaves to play
+
+
+#: Frames a stream may decode short of what its container states before the file counts as
+#: truncated; see `check_frame_count`.
+FRAME_COUNT_TOLERANCE = 1
 
 
 def _open(path: str | os.PathLike) -> av.container.InputContainer:
@@ -83,7 +118,27 @@ def _open(path: str | os.PathLike) -> av.container.InputContainer:
     if not container.streams.video:
         container.close()
         raise VideoDecodeError(p, "no video stream")
+    still = still_image_kind(container)
+    if still:
+        container.close()
+        raise VideoDecodeError(p, f"a still image ({still}), not a video: FFmpeg reads it as a one-frame "
+                                  "stream, which would be indexed and ranked like a video; convert it to a video or "
+                                  "remove it")
     return container
+
+
+def still_image_kind(container) -> str | None:
+    """The image codec when FFmpeg opened a still image (a PNG or JPEG renamed .mp4), else None.
+
+    Images open through FFmpeg's image demuxers (`png_pipe`, `jpeg_pipe`, `webp_pipe`, ...,
+    `image2`) as a 25 fps stream of one frame; a single-frame GIF opens through `gif`. Motion JPEG
+    inside AVI/MOV uses a video container's demuxer and is not affected.
+    """
+    name = container.format.name
+    stream = container.streams.video[0]
+    if name.endswith("_pipe") or name in ("image2", "image2pipe") or (name == "gif" and (stream.frames or 0) <= 1):
+        return stream.codec_context.name
+    return None
 
 
 def _info(container, path: str) -> VideoInfo:
@@ -93,16 +148,40 @@ def _info(container, path: str) -> VideoInfo:
     if not rate and stream.time_base:
         rate = 1 / stream.time_base
     fps = float(rate) if rate else 0.0  # float(Fraction) == double(num)/double(den), like r2d()
+    seconds = (container.duration or 0) / 1_000_000  # AV_TIME_BASE units
+    if seconds <= 0 and stream.duration and stream.time_base:
+        seconds = float(stream.duration * stream.time_base)
+    by_duration = int(math.floor(seconds * fps + 0.5)) if seconds > 0 else 0
     if stream.frames and stream.frames > 0:
         count, source = int(stream.frames), "stream"
     else:
-        seconds = (container.duration or 0) / 1_000_000  # AV_TIME_BASE units
-        if seconds <= 0 and stream.duration and stream.time_base:
-            seconds = float(stream.duration * stream.time_base)
-        count = int(math.floor(seconds * fps + 0.5)) if seconds > 0 else 0
-        source = "duration" if count > 0 else "unknown"
+        count, source = by_duration, "duration" if by_duration > 0 else "unknown"
     ctx = stream.codec_context
-    return VideoInfo(path, fps, count, source, int(ctx.width), int(ctx.height), ctx.name)
+    return VideoInfo(path, fps, count, source, int(ctx.width), int(ctx.height), ctx.name, by_duration)
+
+
+def check_frame_count(info: VideoInfo, decoded: int) -> None:
+    """Raise when fewer frames decode than the container states: the file lost its end.
+
+    A "faststart" MP4 (index at the front) that was cut short still opens, and its remaining
+    packets often decode without any error, so only the count tells. MP4/MOV streams state an
+    exact sample count (`nb_frames`). One legitimate shortfall exists: a stream-copied cut
+    (`ffmpeg -ss T -c copy`) keeps the GOP's leading samples and an edit list telling decoders to
+    drop them; nb_frames counts them, the decoder does not. Measured on such cuts (`-ss` 1.3, 2.5,
+    4.1 s, cut by the ffmpeg 5.1 CLI) of a 300-frame 30 fps GOP-20 H.264 clip, decoded by PyAV 18.1
+    (FFmpeg 8 libraries): nb_frames 264, 230, 180 against 261, 225, 177 decoded, each exactly
+    round(duration * fps) of the edited duration (tests/test_video.py re-measures it). So the expected count is the smaller of
+    the two, and `FRAME_COUNT_TOLERANCE` (1 frame) absorbs the rounding of a microsecond duration
+    times a fractional rate. Counts estimated from the duration alone (Matroska, MPEG-TS) are not
+    checked: those are estimates, and a short file there shows up as a decoding error.
+    """
+    if info.frame_count_source != "stream" or decoded >= info.frame_count:
+        return
+    expected = min(info.frame_count, info.duration_frames) if info.duration_frames > 0 else info.frame_count
+    if decoded < expected - FRAME_COUNT_TOLERANCE:
+        raise VideoDecodeError(info.path, f"the container states {info.frame_count} frames but only {decoded} "
+                                          "decode: the file is truncated or damaged (copy or download it again)")
+
 
 
 def probe_video(path: str | os.PathLike) -> VideoInfo:
@@ -209,6 +288,7 @@ def load_video(
     kept, count = _decode(p, set(predicted))
     if count == 0:
         raise VideoDecodeError(p, "no decodable frames")
+    check_frame_count(info, count)
     chosen = sample_frame_numbers(count, info.fps, max_frames)
     if not set(chosen) <= kept.keys():  # metadata count was wrong: decode again, knowing better
         kept, count2 = _decode(p, set(chosen))

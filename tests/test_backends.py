@@ -233,8 +233,8 @@ def test_tensorrt_backend_plumbing_with_a_stand_in_runner(bundle_dir, tmp_path, 
     fake_polygraphy.TrtRunner = StandInTrtRunner
     monkeypatch.setitem(sys.modules, "tensorrt", fake_trt)
     monkeypatch.setitem(sys.modules, "polygraphy.backend.trt", fake_polygraphy)
-    monkeypatch.setattr(runtime.gpu, "gpus", lambda: ({"name": "NVIDIA H100 80GB HBM3",
-                                                            "compute_capability": "9.0"},))
+    monkeypatch.setattr(runtime.gpu, "cuda_device_zero", lambda: {"name": "NVIDIA H100 80GB HBM3",
+                                                                   "compute_capability": "9.0"})
     bundle = open_bundle(copy)
     assert {s.name: s.available for s in available_backends(bundle)}["tensorrt"]
     ref = bundle.reference()
@@ -285,12 +285,16 @@ def test_parity_cli_passes_and_writes_reports(bundle_dir, videos, tmp_path):
     result = CliRunner().invoke(parity_command, ["--bundle", str(bundle_dir), "--backend", "ort-cpu", "--precision",
                                                  "fp16", "--csv", str(csv), "--videos", str(csv.parent / ".."),
                                                  "--out", str(out), "--no-progress"])
-    # the videos are in another folder: every video id is missing, so all are skipped
-    assert result.exit_code == 1 and "no readable video" in result.output
+    # the videos are in another folder: every video id is missing, so the check could not run (2, not 1)
+    assert result.exit_code == 2 and "no readable video, so the comparison could not run" in result.output
+    assert "PASS" not in result.output
     result = CliRunner().invoke(parity_command, ["--bundle", str(bundle_dir), "--precision", "fp16", "--csv", str(csv),
                                                  "--videos", str(videos["clip0"].parent), "--out", str(out),
                                                  "--no-progress"])
     assert result.exit_code == 0, result.output
+    # the console verdict names the video that was left out, not just PASS
+    assert "1 video(s) could not be read and were left out with their captions (1 captions)" in result.output
+    assert "! " in result.output and "broken.mp4: " in result.output
     report = json.loads((out / "parity.json").read_text())
     assert report["passed"] and report["precision"] == "fp16" and report["environment"]["cpu"]["usable_cores"] >= 1
     real = report["real_data"]

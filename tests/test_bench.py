@@ -127,3 +127,23 @@ def test_bench_command_writes_json_markdown_and_chart(bundle_dir, tmp_path):
 def test_bench_rejects_unknown_backends(bundle_dir):
     result = CliRunner().invoke(bench_command, ["--bundle", str(bundle_dir), "--backends", "ort-cpu,cudnn"])
     assert result.exit_code == 2 and "cudnn" in result.output
+
+
+def test_bench_refuses_batch_sizes_that_cannot_fit_in_memory(bundle_dir, tmp_path):
+    from runtime.benchmark import memory as bench
+    from runtime.bundle import open_bundle
+
+    bundle = open_bundle(bundle_dir)
+    one = bench.batch_memory_bytes(bundle, "video", 1)
+    entry = bundle.graph_entry("video")
+    frames = next(t for t in entry["inputs"] if t["name"] == "frames")
+    assert one > 4 * int(np.prod(frames["shape"][1:]))              # at least the frames themselves
+    assert bench.batch_memory_bytes(bundle, "video", 1000) == 1000 * one
+    with pytest.raises(ValueError, match=r"--batch-sizes 100000: needs about [\d.]+ GiB .* 1.0 GiB are available; "
+                                         r"use batch sizes up to \d+"):
+        bench.check_batch_sizes_fit(bundle, [1, 100000], available=2**30)
+    bench.check_batch_sizes_fit(bundle, [1, 8], available=2**30)
+    result = CliRunner().invoke(bench_command, [ "--bundle", str(bundle_dir), "--batch-sizes", "1,100000000",
+                                       "--no-torch", "--out", str(tmp_path / "r"), "--no-progress"])
+    assert result.exit_code == 1 and "--batch-sizes 100000000: needs about" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "r").exists()

@@ -299,3 +299,50 @@ def test_eval_cli_prints_metrics_and_writes_reports(bundle_dir, dataset, tmp_pat
     sim = independent_similarity(bundle_dir, [caption(i) for i in range(6)], [videos / f"video{i}.mp4" for i in range(6)])
     np.testing.assert_allclose(np.load(next(out.glob("*-sim.npy"))), sim, rtol=1e-5, atol=1e-5)
     assert [q["t2v_top1"] for q in report["queries"]] == [f"video{i}" for i in sim.argmax(axis=1)]
+
+
+def test_eval_refuses_non_finite_scores_naming_their_source(bundle_dir, dataset, tmp_path, monkeypatch):
+    from cli.main import main
+    from runtime.encoder import BundleEncoder
+
+    _, csv_path, videos = dataset
+    real = BundleEncoder.encode_texts
+
+    def one_nan(self, texts, *args, **kwargs):
+        out = np.array(real(self, texts, *args, **kwargs))
+        out[texts.index(caption(4))] = np.nan
+        return out
+
+    monkeypatch.setattr(BundleEncoder, "encode_texts", one_nan)
+    result = CliRunner().invoke(main, ["eval", "--bundle", str(bundle_dir), "--csv", str(csv_path), "--videos",
+                                       str(videos), "--no-cache", "--out", str(tmp_path / "r"), "--no-progress"])
+    assert result.exit_code == 1, result.output
+    assert "similarity scores are NaN or infinite" in result.output
+    assert f"the text embeddings of {caption(4)!r} are non-finite (text graph of" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "r").exists()
+
+
+# ---------------------------------------------------------------- smaller ones (item 17)
+
+def test_upper_case_extensions_are_found_like_index_finds_them(bundle_dir, dataset, tmp_path):
+    from runtime.datasets import find_video_file
+    from runtime.evaluation import evaluate
+
+    _, csv_path, videos = dataset
+    (videos / "video2.mp4").rename(videos / "video2.MP4")
+    assert find_video_file(videos, "video2") == videos / "video2.MP4"
+    data = evaluate(bundle_dir, csv_path, videos, cache_dir=False, progress=False, write=False)
+    assert data["dataset"]["n_videos_evaluated"] == 6
+    rs = load_retrieval_set(csv_path, videos)
+    assert rs.video_paths["video2"] == videos / "video2.MP4"
+
+
+def test_non_utf8_annotations_name_the_line(tmp_path):
+    path = tmp_path / "captions.csv"
+    path.write_bytes("video_id,sentence\nvideo0,a caf\u00e9\n".encode("utf-8") + b"video1,na\xefve latin-1\n")
+    with pytest.raises(AnnotationError, match=r"captions.csv: line 3, column 10: byte 0xef is not UTF-8"):
+        read_annotations(path)
+    jsonl = tmp_path / "captions.jsonl"
+    jsonl.write_bytes(b'{"video_id": "v", "caption": "ok"}\n{"video_id": "w", "caption": "\xff"}\n')
+    with pytest.raises(AnnotationError, match=r"line 2, column 31: byte 0xff is not UTF-8"):
+        read_annotations(jsonl)

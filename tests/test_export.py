@@ -111,7 +111,8 @@ def test_official_checkpoint_through_cli(tmp_path):
     assert manifest["graphs"]["video"]["fp32"]["inputs"][0]["shape"] == ["batch", 8, 3, 32, 32]
 
 
-def test_failed_validation_marks_bundle_invalid_and_exits_nonzero(tmp_path, monkeypatch):
+def corrupt_text_outputs(monkeypatch) -> None:
+    """ONNX Runtime's text embeddings shifted by 1e-2 during export validation: FP32 parity fails."""
     real = bundle_mod.run_onnx
 
     def corrupted(path, inputs):
@@ -121,6 +122,10 @@ def test_failed_validation_marks_bundle_invalid_and_exits_nonzero(tmp_path, monk
         return out
 
     monkeypatch.setattr(bundle_mod, "run_onnx", corrupted)
+
+
+def test_failed_validation_marks_bundle_invalid_and_exits_nonzero(tmp_path, monkeypatch):
+    corrupt_text_outputs(monkeypatch)
     with pytest.raises(ExportValidationError, match="text_embeds: max abs err"):
         export_bundle(tmp_path / "bad", progress=False)
     assert json.loads((tmp_path / "bad" / "manifest.json").read_text())["valid"] is False
@@ -170,6 +175,34 @@ def test_checker_rejects_bad_graphs_naming_nodes():
                                       ], opset=16, initializers=[_k()]))
 
 
+@pytest.mark.parametrize("op, n_inputs", [("BitShift", 2), ("Compress", 2), ("ConcatFromSequence", 1),
+                                          ("DynamicQuantizeLinear", 1), ("STFT", 2), ("Unique", 1)])
+def test_checker_rejects_ops_the_tensorrt_parser_does_not_import(op, n_inputs):
+    """The "N" rows of the onnx-tensorrt matrix (TensorRT 10.1) that an older list accepted."""
+    model = _graph([helper.make_node(op, ["x"] * n_inputs, ["y"], name="n")], opset=20)
+    assert any(f"node n ({op}): op type not supported by the TensorRT ONNX parser" in p for p in check_graph(model))
+
+
+def test_checker_accepts_castlike_and_follows_a_named_parser_matrix():
+    from export.checker import TRT_PARSER_MATRIX, TRT_SUPPORTED_OPS
+
+    model = _graph([helper.make_node("CastLike", ["x", "x"], ["y"], name="cl")])
+    assert check_graph(model) == []
+    assert "TensorRT 10.1" in TRT_PARSER_MATRIX and {"CastLike", "Scan", "LayerNormalization"} <= TRT_SUPPORTED_OPS
+
+
+@pytest.mark.parametrize("k, ok", [(3, True), (3839, True), (3840, False), (5000, False)])
+def test_checker_requires_topk_k_below_3840(k, ok):
+    init = helper.make_tensor("k", TensorProto.INT64, [1], [k])
+    model = _graph([helper.make_node("TopK", ["x", "k"], ["y", "i"], name="sel", sorted=1)], initializers=[init])
+    problems = check_graph(model)
+    assert (problems == []) if ok else any(f"node sel (TopK): K = {k}; the TensorRT parser needs K < 3840" in p
+                                           for p in problems)
+    as_node = _graph([helper.make_node("Constant", [], ["k"], name="kc", value=init),
+                      helper.make_node("TopK", ["x", "k"], ["y", "i"], name="sel", sorted=1)])
+    assert (check_graph(as_node) == []) == ok
+
+
 def test_large_graphs_use_external_data(tmp_path, monkeypatch, tiny_export):
     import onnxruntime as ort
 
@@ -213,3 +246,161 @@ def test_meanp_baseline_exports_and_validates(tmp_path):
     ref = np.load(tmp_path / "b" / "reference.npz", allow_pickle=False)
     frames = ref["frame_embeds"]
     assert np.allclose(frames, frames[:, :1], atol=1e-6)   # one video embedding, repeated per frame
+
+
+def _nan_checkpoint(tmp_path):
+    import ts2net
+    from factories import tiny_config
+
+    model = random_model(tiny_config())
+    with torch.no_grad():
+        model.clip.ln_final.bias[0] = float("nan")
+    return ts2net.save_model(model, tmp_path / "nan-ckpt")
+
+
+def test_a_nan_weight_fails_export_naming_the_tensor(tmp_path):
+    ckpt = _nan_checkpoint(tmp_path)
+    result = CliRunner().invoke(cli, ["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "b")])
+    assert result.exit_code == 1, result.output
+    assert "non-finite weights (NaN/inf) in clip.ln_final.bias (1 of" in result.output
+    assert "Traceback" not in result.output and "PASS" not in result.output
+    assert not (tmp_path / "b" / "manifest.json").exists()
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # NaN figures are the point
+def test_non_finite_outputs_fail_parity_naming_the_output():
+    """NaN compares false with every limit: it must be a failure of its own, not a pass."""
+    from runtime.parity import compare_outputs
+
+    rng = np.random.default_rng(0)
+    ref = {"text_embeds": rng.normal(size=(3, 8)).astype(np.float32),
+           "frame_embeds": rng.normal(size=(3, 4, 8)).astype(np.float32), "frame_mask": np.ones((3, 4), np.int64)}
+    args = dict(logit_scale=100.0, frame_mask_mode="fixed", tokens_per_frame=4)
+    assert compare_outputs(ref, dict(ref), "fp32", **args).passed
+    produced = {**ref, "text_embeds": ref["text_embeds"].copy()}
+    produced["text_embeds"][1, 2] = np.nan
+    for precision in ("fp32", "fp16"):
+        result = compare_outputs(ref, produced, precision, **args)
+        assert not result.passed
+        assert "produced text_embeds: 1 non-finite values (NaN/inf), first at index (1, 2)" in result.failures
+    bad_ref = {**ref, "frame_embeds": np.full_like(ref["frame_embeds"], np.inf)}
+    result = compare_outputs(bad_ref, bad_ref, "fp16", **args)
+    assert any(f.startswith("reference frame_embeds: 96 non-finite") for f in result.failures)
+
+
+# ---------------------------------------------------------------- re-export safety (item 13)
+
+def _fingerprint(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.fixture()
+def existing_bundle(tiny_export, tmp_path):
+    import shutil
+
+    out = tmp_path / "existing_bundle"
+    shutil.copytree(tiny_export.bundle, out)
+    return out
+
+
+def test_a_failed_reexport_leaves_the_existing_bundle_intact(existing_bundle, monkeypatch):
+    from runtime.bundle import open_bundle
+
+    before = _fingerprint(existing_bundle)
+    corrupt_text_outputs(monkeypatch)
+    result = CliRunner().invoke(cli, ["export", "--out", str(existing_bundle), "--max-frames", "4"])
+    assert result.exit_code == 1 and "the previous bundle at" in result.output and "is unchanged" in result.output
+    assert _fingerprint(existing_bundle) == before
+    assert open_bundle(existing_bundle).valid
+    rejected = existing_bundle.with_name("existing_bundle.rejected")
+    assert json.loads((rejected / "manifest.json").read_text())["valid"] is False
+    assert not [p.name for p in existing_bundle.parent.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("failure", [KeyboardInterrupt, RuntimeError])
+def test_an_interrupted_reexport_leaves_the_existing_bundle_intact(existing_bundle, monkeypatch, failure):
+    before = _fingerprint(existing_bundle)
+    real = bundle_mod.export_graph
+    calls = []
+
+    def dies_on_the_video_graph(model, spec, opset):
+        calls.append(spec)
+        if len(calls) == 2:
+            raise failure("interrupted")
+        return real(model, spec, opset)
+
+    monkeypatch.setattr(bundle_mod, "export_graph", dies_on_the_video_graph)
+    with pytest.raises(failure):
+        export_bundle(existing_bundle, progress=False, max_frames=4)
+    assert _fingerprint(existing_bundle) == before
+    assert not [p.name for p in existing_bundle.parent.iterdir() if p.name.startswith(".")]  # no staging left
+
+
+def test_a_successful_reexport_replaces_the_bundle_whole(existing_bundle):
+    result = export_bundle(existing_bundle, progress=False, max_frames=4)
+    assert result.bundle == existing_bundle
+    manifest = json.loads((existing_bundle / "manifest.json").read_text())
+    assert manifest["valid"] and manifest["model"]["max_frames"] == 4
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    assert existing_bundle.stat().st_mode & 0o777 == 0o777 & ~umask   # not mkdtemp's 0700
+    assert not [p.name for p in existing_bundle.parent.iterdir() if p.name.startswith(".")]
+
+
+# ---------------------------------------------------------------- ordinary mistakes (item 16, export)
+
+def test_export_out_that_is_a_file_or_a_foreign_folder_is_refused(tmp_path):
+    some_file = tmp_path / "some_file"
+    some_file.write_text("keep me")
+    result = CliRunner().invoke(cli, ["export", "--out", str(some_file)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip().splitlines()[-1] == (f"Error: --out {some_file} exists and is a file; a bundle is a "
+                                                     "directory: pick another path (or remove the file)")
+    assert some_file.read_text() == "keep me"
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "holiday.jpg").write_bytes(b"jpeg")
+    result = CliRunner().invoke(cli, ["export", "--out", str(folder)])
+    assert result.exit_code == 1 and "non-empty directory without manifest.json (not a bundle)" in result.output
+    assert (folder / "holiday.jpg").read_bytes() == b"jpeg"
+
+
+@pytest.mark.parametrize("value", ["0", "-3"])
+def test_export_max_frames_below_one_is_a_usage_error(tmp_path, value):
+    result = CliRunner().invoke(cli, ["export", "--out", str(tmp_path / "b"), "--max-frames", value])
+    assert result.exit_code == 2 and "Invalid value for '--max-frames'" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "b").exists()
+    with pytest.raises(ValueError, match=f"max_frames={value} must be >= 1"):
+        export_bundle(tmp_path / "b", progress=False, max_frames=int(value))
+    assert not (tmp_path / "b").exists() and not list(tmp_path.iterdir())
+
+
+def test_export_supports_one_frame_per_video(tmp_path):
+    result = export_bundle(tmp_path / "one", progress=False, max_frames=1)
+    assert result.manifest["valid"] and result.manifest["model"]["max_frames"] == 1
+    assert np.load(tmp_path / "one" / "reference.npz")["frame_mask"].tolist() == [[1]] * 6
+
+
+def test_export_errors_start_on_their_own_line(tmp_path):
+    """The progress bar is closed before the error, so "Error:" never lands on the bar's line."""
+    ckpt = _nan_checkpoint(tmp_path)
+    result = CliRunner().invoke(cli, ["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "b")])
+    assert result.exit_code == 1
+    error_lines = [line for line in result.output.replace("\r", "\n").splitlines() if "Error:" in line]
+    assert error_lines and all(line.startswith("Error:") for line in error_lines)
+
+
+def test_cannot_infer_model_size_names_the_checkpoint(tmp_path):
+    import ts2net
+
+    cfg = TS2NetConfig(**TINY12, frame_mask_mode="official")
+    state = official_state_dict(random_model(cfg))
+    del state["clip.visual.conv1.weight"]
+    ckpt = tmp_path / "pytorch_model.bin.3"
+    torch.save(state, ckpt)
+    with pytest.raises(ValueError, match=rf"^{ckpt}: cannot infer model size: key 'clip.visual.conv1.weight'"):
+        ts2net.load_model(ckpt)
+    result = CliRunner().invoke(cli, ["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "b")])
+    assert result.exit_code == 1 and f"Error: {ckpt}: cannot infer model size" in result.output

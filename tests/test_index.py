@@ -147,8 +147,9 @@ def test_changed_video_is_reencoded_and_a_removed_one_leaves_the_index(bundle_di
     meta = build_index(bundle_dir, videos, index_dir, cache_dir=False, progress=False)
     assert spy.videos == ["video1.mp4"]
     assert [v["id"] for v in meta["videos"]] == [f"video{i}" for i in range(1, 6)]
-    # one generation of arrays remains
-    assert sorted(p.name for p in index_dir.iterdir()) == sorted(["index.json", *meta["arrays"].values()])
+    # one generation of arrays remains (and the build lock file)
+    assert sorted(p.name for p in index_dir.iterdir()) == sorted([".index.lock", "index.json",
+                                                                  *meta["arrays"].values()])
     index = open_index(index_dir)
     assert index.frame_embeds.shape[:2] == (5, 12) and index.frame_embeds.dtype == np.float16
     sim = independent_similarity(bundle_dir, ["x"], [videos / "video1.mp4"])
@@ -174,3 +175,142 @@ def test_index_skip_bad_and_foreign_bundle(bundle_dir, videos, tmp_path):
         search_index(open_index(tmp_path / "i"), ["anything"])
     result = runner.invoke(main, ["search", str(tmp_path / "i"), "anything"])
     assert result.exit_code != 0 and "not comparable" in result.output
+
+
+def test_new_decoding_or_preprocessing_code_reencodes_instead_of_serving_old_embeddings(
+        bundle_dir, videos, tmp_path, monkeypatch):
+    """Index and embedding cache are keyed by the preprocessing identity (rules + PyAV/FFmpeg/Pillow)."""
+    import PIL
+
+    from runtime import video as rv
+
+    spy = EncoderSpy(monkeypatch)
+    index_dir, cache = tmp_path / "index", tmp_path / "cache"
+    first = build_index(bundle_dir, videos, index_dir, cache_dir=cache, progress=False)
+    assert first["build"]["encoded"] == 6
+    assert first["preprocessing"] == rv.preprocessing_identity()
+
+    # another Pillow (or PyAV / FFmpeg): neither the index nor the cache may answer
+    monkeypatch.setattr(PIL, "__version__", "0.0.test")
+    spy.reset()
+    meta = build_index(bundle_dir, videos, index_dir, cache_dir=cache, progress=False)
+    assert (meta["build"]["encoded"], meta["build"]["from_cache"], meta["build"]["reused_from_index"]) == (6, 0, 0)
+    assert len(spy.videos) == 6 and meta["preprocessing"]["pillow"] == "0.0.test"
+    other = build_index(bundle_dir, videos, tmp_path / "index2", cache_dir=cache, progress=False)
+    assert other["build"]["from_cache"] == 6  # the cache now holds entries for the new identity too
+
+    # a new version of our own rules (like the crop fix) does the same
+    monkeypatch.setattr(rv, "PREPROCESSING_RULES_VERSION", rv.PREPROCESSING_RULES_VERSION + 1)
+    meta = build_index(bundle_dir, videos, tmp_path / "index3", cache_dir=cache, progress=False)
+    assert (meta["build"]["encoded"], meta["build"]["from_cache"]) == (6, 0)
+
+
+def test_search_refuses_non_finite_scores_naming_the_videos(bundle_dir, videos, tmp_path):
+    index_dir = tmp_path / "index"
+    build_index(bundle_dir, videos, index_dir, cache_dir=False, progress=False, dtype="float32")
+    meta = json.loads((index_dir / "index.json").read_text())
+    embeds = np.load(index_dir / meta["arrays"]["frame_embeds"], mmap_mode="r+")
+    embeds[3, 0, 0] = np.nan                                     # one corrupt value in video3
+    embeds.flush()
+    del embeds
+    for extra in ([], ["--json"]):
+        result = CliRunner().invoke(main, ["search", str(index_dir), caption(2), *extra])
+        assert result.exit_code == 1, result.output
+        assert "the frame embeddings of 'video3' are non-finite (stored in the index" in result.output
+        assert "NaN," not in result.output and "Traceback" not in result.output
+
+
+
+def test_a_second_build_on_the_same_out_is_locked_out(bundle_dir, videos, tmp_path):
+    import fcntl
+
+    index_dir = tmp_path / "index"
+    good = build_index(bundle_dir, videos, index_dir, cache_dir=False, progress=False)
+    with open(index_dir / ".index.lock", "a+b") as held:        # another build in progress
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(VideoIndexError, match=f"another `ts2net index` holds the lock on {index_dir}"):
+            build_index(bundle_dir, videos, index_dir, cache_dir=False, progress=False)
+        result = CliRunner().invoke(main, ["index", "--bundle", str(bundle_dir), "--videos", str(videos), "--out",
+                                           str(index_dir), "--no-cache", "--no-progress"])
+        assert result.exit_code == 1 and "another `ts2net index` holds the lock" in result.output
+    assert open_index(index_dir).meta["arrays"] == good["arrays"]   # untouched, still whole
+    build_index(bundle_dir, videos, index_dir, cache_dir=False, progress=False)  # released: builds again
+
+
+def test_a_build_deletes_only_the_generation_it_replaced(bundle_dir, videos, tmp_path):
+    index_dir = tmp_path / "index"
+    first = build_index(bundle_dir, videos, index_dir, cache_dir=False, progress=False)
+    # arrays some other writer left (or is writing) that this build did not supersede
+    foreign = [index_dir / "frame_embeds.other-gen.npy", index_dir / "frame_mask.other-gen.npy"]
+    for path in foreign:
+        path.write_bytes(b"not ours")
+    second = build_index(bundle_dir, videos, index_dir, cache_dir=False, progress=False)
+    assert all(path.exists() for path in foreign)
+    assert not any((index_dir / name).exists() for name in first["arrays"].values())
+    assert all((index_dir / name).exists() for name in second["arrays"].values())
+
+
+def test_non_videos_and_broken_entries_are_refused_or_listed_with_their_reason(bundle_dir, videos, tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (64, 48), (250, 10, 10)).save(videos / "photo.mp4", format="PNG")
+    Image.new("RGB", (64, 48), (10, 250, 10)).save(videos / "snap.mp4", format="JPEG")
+    (videos / "dangling.mp4").symlink_to(tmp_path / "nowhere.mp4")
+    (videos / "loop.mp4").symlink_to(videos / "loop.mp4")
+    (videos / "folder.mp4").mkdir()
+    args = ["index", "--bundle", str(bundle_dir), "--videos", str(videos), "--out", str(tmp_path / "i"),
+            "--no-cache", "--no-progress"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1 and "pass --skip-bad" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(main, args + ["--skip-bad"])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "i" / "index.json").read_text())
+    assert [v["id"] for v in meta["videos"]] == [f"video{i}" for i in range(6)]
+    reasons = {Path(s["path"]).name: s["reason"] for s in meta["skipped"]}
+    assert reasons["dangling.mp4"].startswith("broken symbolic link")
+    assert reasons["loop.mp4"] == "symbolic link loop"
+    assert reasons["folder.mp4"] == "a directory, not a video file"
+    assert "a still image (png), not a video" in reasons["photo.mp4"]
+    assert "a still image (mjpeg), not a video" in reasons["snap.mp4"]
+    for name in reasons:
+        assert f"skipped {videos / name}: " in result.output
+
+
+def test_damaged_index_files_are_one_line_errors_naming_the_file(bundle_dir, videos, tmp_path):
+    index_dir = tmp_path / "index"
+    meta = build_index(bundle_dir, videos, index_dir, cache_dir=False, progress=False)
+    good = (index_dir / "index.json").read_text()
+    runner = CliRunner()
+
+    broken = json.loads(good)
+    del broken["arrays"]
+    (index_dir / "index.json").write_text(json.dumps(broken))
+    result = runner.invoke(main, ["search", str(index_dir), "x"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip() == (f"Error: {index_dir / 'index.json'}: missing or malformed arrays (dict), "
+                                     "arrays.frame_embeds (file name), arrays.frame_mask (file name); the file is "
+                                     f"damaged or hand-edited: rebuild it with `ts2net index --out {index_dir}`")
+
+    (index_dir / "index.json").write_text(good)
+    embeds = index_dir / meta["arrays"]["frame_embeds"]
+    embeds.write_bytes(embeds.read_bytes()[:-100])            # a truncated copy
+    result = runner.invoke(main, ["search", str(index_dir), "x"])
+    assert result.exit_code == 1 and "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    assert f"Error: {embeds}: not a complete .npy array" in result.output and "rebuild it with" in result.output
+
+
+
+def test_search_refuses_empty_queries_warns_on_wordless_ones_and_shortens_echoes(bundle_dir, videos, tmp_path):
+    index_dir = tmp_path / "index"
+    build_index(bundle_dir, videos, index_dir, cache_dir=False, progress=False)
+    runner = CliRunner()
+    for empty in ("", "   "):
+        result = runner.invoke(main, ["search", str(index_dir), "a red circle", empty])
+        assert result.exit_code == 1 and "Error: query 2 is empty: give the text to search for" in result.output
+    result = runner.invoke(main, ["search", str(index_dir), "!!!???", "-k", "2"])
+    assert result.exit_code == 0
+    assert "warning: query 1: '!!!???' has no word (only punctuation or symbols)" in result.output
+    long_query = "a red circle " * 10_000                       # 130,000 characters
+    result = runner.invoke(main, ["search", str(index_dir), long_query, "-k", "1"])
+    assert result.exit_code == 0 and len(result.output) < 1000
+    assert f"... ({len(long_query)} characters)" in result.output

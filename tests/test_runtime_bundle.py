@@ -85,6 +85,20 @@ def test_invalid_bundle_is_refused_unless_allowed(bundle_copy):
     assert open_bundle(bundle_copy, allow_invalid=True).valid is False
 
 
+def test_invalid_bundle_message_tells_cli_users_what_to_run(bundle_copy):
+    """No Python argument (allow_invalid=True) in a message that CLI users read."""
+    from click.testing import CliRunner
+
+    from cli.main import main
+
+    edit_manifest(bundle_copy, lambda m: m.update(valid=False))
+    with pytest.raises(BundleError) as info:
+        open_bundle(bundle_copy)
+    assert "allow_invalid" not in str(info.value) and "export it again with `ts2net export`" in str(info.value)
+    result = CliRunner().invoke(main, ["parity", "--bundle", str(bundle_copy)])
+    assert result.exit_code == 2 and "ts2net export" in result.output and "allow_invalid" not in result.output
+
+
 def test_schema_problems_are_listed_together(bundle_copy):
     def damage(m):
         m["format_version"] = 99

@@ -216,6 +216,72 @@ def test_matches_official_cv2_other_sizes(videos):
     np.testing.assert_allclose(frames, ref, rtol=0, atol=1e-6)
 
 
+# ---------------------------------------------------------------- common sizes, official crop rule
+
+# (width, height): CIF resizes to 273x224 and is cropped at left int((273 - 224 + 1) * 0.5) = 25,
+# where Python's round((273 - 224) / 2) = round(24.5) = 24 (half to even, torchvision >= 0.9).
+# 320x260 resizes to 275x224: int(52 * 0.5) = 26 and round(25.5) = 26 agree (the control: the two
+# rules differ only when (L - 224) mod 4 == 1).
+CIF_LIKE = {"cif_352x288": (352, 288), "320x260": (320, 260)}
+
+
+def _official_crop_box(w: int, h: int, size: int = 224) -> tuple[int, int]:
+    """(left, top) of the official crop, by the torchvision 0.8 formula, from the resized size."""
+    if w < h:
+        ow, oh = size, int(size * h / w)
+    else:
+        ow, oh = int(size * w / h), size
+    return int((ow - size + 1) * 0.5), int((oh - size + 1) * 0.5)
+
+
+def test_cif_crop_offsets_by_hand():
+    assert _official_crop_box(352, 288) == (25, 0)  # 273 wide: half up 24.5 -> 25 (half to even: 24)
+    assert _official_crop_box(320, 260) == (26, 0)  # 275 wide: int(52 * 0.5) = 26 (both rules agree)
+
+
+@pytest.fixture(scope="module")
+def cif_videos(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("cif")
+    codec = H264 or MPEG4
+    if codec is None:
+        pytest.skip("no H.264 or MPEG-4 encoder")
+    return {name: write_spec_video(root / f"{name}.mp4", 40, 25, w, h, codec)
+            for name, (w, h) in CIF_LIKE.items()}
+
+
+def _decoded_rgb_frames(path: Path) -> list[np.ndarray]:
+    """Every frame as RGB, decoded by PyAV directly (not through runtime.video)."""
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+
+
+@pytest.mark.parametrize("name", list(CIF_LIKE))
+def test_common_sizes_equal_the_official_rule_pixel_for_pixel(cif_videos, name):
+    """load_video's frames are exactly torchvision 0.8's transform of the official frames."""
+    path = cif_videos[name]
+    rgb = _decoded_rgb_frames(path)
+    numbers = sample_frame_numbers(len(rgb), 25.0, 12)
+    assert numbers == [0, 25]
+    expected = np.stack([official_transform(Image.fromarray(rgb[k]), 224) for k in numbers])
+    frames, mask = load_video(path)
+    assert mask.tolist() == [1, 1] + [0] * 10
+    np.testing.assert_array_equal(frames[:2], expected)
+    w, h = CIF_LIKE[name]
+    left, top = _official_crop_box(w, h)
+    ow = int(224 * w / h)
+    resized = np.asarray(Image.fromarray(rgb[0]).resize((ow, 224), Image.BICUBIC))
+    np.testing.assert_array_equal(frames[0], _normalised(resized[top:top + 224, left:left + 224]))
+
+
+@needs_cv2
+@pytest.mark.parametrize("name", list(CIF_LIKE))
+def test_common_sizes_match_official_cv2_loader(cif_videos, name):
+    ref, ref_mask, *_ = official_load(cif_videos[name])
+    frames, mask = load_video(cif_videos[name])
+    np.testing.assert_array_equal(mask, ref_mask)
+    np.testing.assert_array_equal(frames, ref)
+
+
 # ---------------------------------------------------------------- sampling rule
 
 @pytest.mark.parametrize(
@@ -426,3 +492,65 @@ def test_module_imports_neither_torch_nor_cv2():
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root)}
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root, env=env)
+
+
+def test_preprocessing_identity_names_rules_and_pixel_libraries(monkeypatch):
+    import PIL
+
+    ident = rv.preprocessing_identity()
+    assert ident["pyav"] == av.__version__ and ident["pillow"] == PIL.__version__
+    assert "libavcodec=" in ident["ffmpeg"] and ident["rules"] == str(rv.PREPROCESSING_RULES_VERSION)
+    before = rv.preprocessing_id()
+    monkeypatch.setattr(av, "library_versions", {**av.library_versions, "libavcodec": (1, 2, 3)})
+    assert rv.preprocessing_id() != before
+
+
+# ---------------------------------------------------------------- truncated files (item 14)
+
+@pytest.mark.skipif(H264 is None, reason="needs libx264")
+def test_no_cut_point_of_a_faststart_mp4_passes_as_a_shorter_clip(tmp_path):
+    """Index at the front: some cuts decode without any error; the stated count must catch them."""
+    full = write_video(tmp_path / "full.mp4", (frame_image(i, 160, 120) for i in range(150)), 30, "libx264",
+                       container_options={"movflags": "faststart"})
+    data = full.read_bytes()
+    silent = []
+    for percent in range(20, 100):
+        cut = tmp_path / f"cut{percent}.mp4"
+        cut.write_bytes(data[: len(data) * percent // 100])
+        try:
+            _, count = rv._decode(str(cut), set())
+        except VideoDecodeError:
+            pass
+        else:
+            silent.append((cut, count))
+        with pytest.raises(VideoDecodeError) as info:     # every cut is refused, one way or the other
+            load_video(cut)
+        assert str(cut) in str(info.value)
+    for cut, count in silent:                              # those that decode quietly: named by the count
+        with pytest.raises(VideoDecodeError, match=f"the container states 150 frames but only {count} decode"):
+            load_video(cut)
+
+
+@pytest.mark.skipif(H264 is None or not __import__("shutil").which("ffmpeg"), reason="needs libx264 and ffmpeg")
+def test_stream_copied_cuts_with_edit_lists_are_accepted(tmp_path):
+    """The evidence for check_frame_count: an edit list drops pre-roll frames nb_frames still counts."""
+    src = write_spec_video(tmp_path / "src.mp4", 300, 30, 160, 120, H264)
+    for start in ("1.3", "2.5", "4.1"):
+        cut = tmp_path / f"cut{start}.mp4"
+        subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-ss", start, "-i", str(src), "-c", "copy", str(cut)],
+                       check=True)
+        info = probe_video(cut)
+        _, count = rv._decode(str(cut), set())
+        assert count <= info.frame_count and abs(count - info.duration_frames) <= rv.FRAME_COUNT_TOLERANCE
+        frames, mask = load_video(cut)                     # accepted
+        assert mask.sum() == len(sample_frame_numbers(count, info.fps, 12))
+
+
+@pytest.mark.parametrize("fmt, codec", [("PNG", "png"), ("JPEG", "mjpeg"), ("WEBP", "webp"), ("GIF", "gif")])
+def test_still_images_renamed_to_mp4_are_not_videos(tmp_path, fmt, codec):
+    path = tmp_path / f"photo_{fmt.lower()}.mp4"
+    Image.fromarray(frame_image(3, 160, 120)).save(path, format=fmt)
+    err = _assert_decode_error(path, f"a still image ({codec}), not a video")
+    with pytest.raises(VideoDecodeError):
+        probe_video(path)
+    assert "convert it to a video or remove it" in err.reason

@@ -136,6 +136,14 @@ def _clip_to_ours(model: TS2Net, clip_state: Mapping[str, torch.Tensor]) -> dict
     return state
 
 
+def _config_from_state(path: Path, state: Mapping[str, Any], prefix: str, values: dict[str, Any]) -> TS2NetConfig:
+    """TS2NetConfig.from_state_dict, its errors prefixed with the checkpoint file they are about."""
+    try:
+        return TS2NetConfig.from_state_dict(state, prefix=prefix, **values)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+
+
 # ---------------------------------------------------------------------------- public API
 def load_model(path: str | Path, **config_overrides: Any) -> TS2Net:
     """An eval-mode TS2Net from an official checkpoint, an OpenAI CLIP file or our safetensors.
@@ -151,14 +159,14 @@ def load_model(path: str | Path, **config_overrides: Any) -> TS2Net:
     kind = _format_of_keys(path, state.keys())
     if kind == "official":
         state = _official_to_ours(state, path)
-        cfg = TS2NetConfig.from_state_dict(state, prefix="clip.", **{
-            "frame_mask_mode": "official", "name": path.name, **config_overrides})
+        cfg = _config_from_state(path, state, "clip.", {"frame_mask_mode": "official", "name": path.name,
+                                                        **config_overrides})
         model = TS2Net(cfg)
         load_strict(model, state, str(path))
     else:
         # a model started from CLIP is one we train: the fixed frame mask is its default
-        cfg = TS2NetConfig.from_state_dict(state, prefix="", **{
-            "frame_mask_mode": "fixed", "name": path.name, **config_overrides})
+        cfg = _config_from_state(path, state, "", {"frame_mask_mode": "fixed", "name": path.name,
+                                                   **config_overrides})
         model = TS2Net(cfg)
         load_strict(model, _clip_to_ours(model, state), str(path))
     return model.eval()

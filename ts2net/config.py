@@ -105,6 +105,8 @@ class TS2NetConfig:
                 problems.append(f"shift layer {layer} outside 0..{self.vision_layers - 1}")
         if self.token_selection and not 1 <= self.top_k <= self.tokens_per_image - 1:
             problems.append(f"top_k={self.top_k} must be in 1..{self.tokens_per_image - 1} (patches per frame)")
+        if self.max_frames < 1:
+            problems.append(f"max_frames={self.max_frames} must be >= 1 (frames per video)")
         if self.max_frames * self.tokens_per_frame > self.context_length:
             problems.append(f"max_frames*tokens_per_frame={self.max_frames * self.tokens_per_frame} exceeds the "
                             f"{self.context_length}-row frame position table; lower max_frames or top_k")

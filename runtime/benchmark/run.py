@@ -23,7 +23,7 @@ import numpy as np
 
 from ..backends import BACKEND_PRECISIONS, BACKENDS
 from .flops import model_flops
-from .memory import PeakRss
+from .memory import PeakRss, check_batch_sizes_fit
 from .peak import DEFAULT_PEAK_SIZES, measure_peaks, time_runs
 
 
@@ -142,6 +142,10 @@ def run_bench(bundle, backends: Sequence[str] | None = None,
     from ..backends import available_backends, create_backend
     from ..reports import environment, usable_cores
 
+    try:
+        check_batch_sizes_fit(bundle, batch_sizes)
+    except ValueError as exc:
+        raise BenchmarkError(str(exc)) from None
     threads = threads or usable_cores()
     load_at_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     status = {s.name: s for s in available_backends(bundle)}

@@ -35,7 +35,7 @@ import numpy as np
 
 from .. import datasets
 from ..embedding_cache import EmbeddingCache, default_cache_dir, encode_texts_cached, encode_videos_cached
-from ..frame_similarity import dsl_rescale, similarity
+from ..frame_similarity import dsl_rescale, require_finite_scores, similarity
 from ..metrics import V2T_CANDIDATES
 from .plots import plot_recall
 from .ranking import CONVENTIONS, DIRECTIONS, all_ranks, metric_block, pair_accuracy, subset_metrics
@@ -67,7 +67,7 @@ def evaluate(
     annotations,
     videos_dir,
     backend: str = "ort-cpu",
-    precision: str = "fp32",
+    precision: Optional[str] = None,
     out_dir=DEFAULT_OUT,
     cache_dir=None,
     skip_bad: bool = False,
@@ -108,6 +108,7 @@ def evaluate(
     Raises:
         AnnotationError, BundleError, VideoDecodeError (without ``skip_bad``), ValueError.
     """
+    from ..backends import default_precision
     from ..bundle import open_bundle
     from ..encoder import BundleEncoder
 
@@ -121,6 +122,7 @@ def evaluate(
     t0 = time.perf_counter()
     bundle = open_bundle(bundle_dir)
     timing["open_bundle"] = time.perf_counter() - t0
+    precision = precision or default_precision(bundle, backend)
     cache = None
     if cache_dir is not False:
         cache = EmbeddingCache(default_cache_dir() if cache_dir is None else cache_dir, bundle.content_id, backend,
@@ -147,6 +149,10 @@ def evaluate(
 
     t0 = time.perf_counter()
     sim = similarity(text_embeds, videos.frame_embeds, videos.frame_mask, **bundle.similarity_args)
+    require_finite_scores(sim, text_embeds, videos.frame_embeds, text_labels=rs.texts, video_labels=rs.video_ids,
+                          text_source=f"text graph of {bundle.path} on {backend} {precision}",
+                          video_source=f"video graph of {bundle.path} on {backend} {precision}, or the embedding "
+                                       f"cache {cache.dir if cache else '(none)'}")
     timing["similarity"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
