@@ -115,9 +115,9 @@ def build_summary(bundle: Path, reports: Path, ablations_path: Path | None) -> t
             md.append(f"| {precision} | {entry.get('backend', '')} | not measured: {entry['skipped']} | | | | | - |")
             continue
         f = entry["figures"]
-        md.append(f"| {precision} | {entry.get('backend', '')} | {f['text_embeds']['cosine_min']:.7f} / "
-                  f"{f['text_embeds']['cosine_mean']:.7f} | {f['frame_embeds']['cosine_min']:.7f} / "
-                  f"{f['frame_embeds']['cosine_mean']:.7f} | {f['frame_embeds']['max_abs_err']:.2e} | "
+        means = [f"{f[o]['cosine_mean']:.7f}" if "cosine_mean" in f[o] else "-" for o in ("text_embeds", "frame_embeds")]
+        md.append(f"| {precision} | {entry.get('backend', '-')} | {f['text_embeds']['cosine_min']:.7f} / {means[0]} | "
+                  f"{f['frame_embeds']['cosine_min']:.7f} / {means[1]} | {f['frame_embeds']['max_abs_err']:.2e} | "
                   f"{f.get('patch_indices', {}).get('agreement', float('nan')):.4f} | "
                   f"{f['similarity']['top1_agreement']:.2%} | {entry['passed']} |")
     real = {p: r for p, r in parity.items() if r and p in ("bf16", "int8", "int8-ort")}
