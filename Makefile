@@ -30,7 +30,7 @@ CLIENTS ?= 8
 TEXTS   ?= 96
 VIDEOS  ?= 24
 
-.PHONY: setup test export engine bench data train-demo demo clean serve-setup serve-setup-if-available serve-load
+.PHONY: setup test export engine bench data train-demo train-levers demo clean serve-setup serve-setup-if-available serve-load
 .PRECIOUS: runs/%/model.safetensors
 
 setup: $(STAMP)
@@ -92,10 +92,15 @@ demo: setup
 	$(TS2NET) summary --bundle $(DEMO_BUNDLE) --reports $(DEMO_REPORTS) --ablations ts2net/demo/ablations.json
 
 # Reproduce the shipped demo model and its ablations (same data, seed and budget for each variant).
+# DEMO_LEVERS: the levers against the hard-pair plateau (docs/demo.md, "Training levers"), the same for
+# every variant; hard pairs are scored by change type every TRACK_PAIRS_EVERY steps (curves kept in
+# reports/demo-training/ablations/).
 DEMO_EPOCHS ?= 10
 TRAIN_THREADS ?=
+DEMO_LEVERS ?=
+TRACK_PAIRS_EVERY ?= 187
 TRAIN_ARGS   = --data $(DATA) --preset demo --epochs $(DEMO_EPOCHS) --batch-size 16 --seed 0 --quiet \
-	$(if $(TRAIN_THREADS),--threads $(TRAIN_THREADS))
+	$(if $(TRAIN_THREADS),--threads $(TRAIN_THREADS)) $(DEMO_LEVERS) --track-pairs-every $(TRACK_PAIRS_EVERY)
 # baseline = CLIP4Clip meanP (no shift, no selection, no temporal module); +shift adds token shift to
 # it; +selection adds TS2-Net's selection with the temporal transformer its tokens feed; full = both
 SET_full      =
@@ -120,7 +125,32 @@ reports/ablations/%/done: runs/%/model.safetensors
 train-demo: data $(foreach v,$(VARIANTS),reports/ablations/$(v)/done)
 	$(TS2NET) summary collect-ablations --out ts2net/demo/ablations.json \
 		$(foreach v,$(VARIANTS),"$(ABLATION_NAME_$(v))=$$(ls -t reports/ablations/$(v)/eval-*.json | head -1),runs/$(v)/train_summary.json")
+	$(PYTHON) -m ts2net.training.pair_tracking --out reports/demo-training/ablations \
+		$(foreach v,$(VARIANTS),$(v)=runs/$(v))
 	mkdir -p ts2net/demo && cp runs/full/model.safetensors runs/full/config.json runs/full/tokenizer.json ts2net/demo/
+
+# The short lever measurement of docs/demo.md ("What was tried"): 32 motion pairs (the first 64
+# train clips) from scratch, 400 steps, each lever against the plain recipe; hard pairs scored every
+# 25 steps; curves and the comparison in reports/demo-training/overfit-$(LEVER_PRESET)/.
+LEVER_DATA   ?= data/pairs
+LEVER_PRESET ?= demo
+LEVER_SETS   ?=
+LEVER_RUNS   ?= default pairloss1 pairloss4
+LEVERS_default   =
+LEVERS_pairloss1 = --pair-loss-weight 1
+LEVERS_pairloss4 = --pair-loss-weight 4
+
+$(LEVER_DATA)/subsets.json: | setup
+	$(TS2NET) synthbench --out $(LEVER_DATA) --train 160 --val 0 --test 300
+
+runs/levers-$(LEVER_PRESET)/%/train_summary.json: $(LEVER_DATA)/subsets.json
+	$(TS2NET) train --data $(LEVER_DATA) --out runs/levers-$(LEVER_PRESET)/$* --preset $(LEVER_PRESET) $(LEVER_SETS) \
+		--epochs 100 --batch-size 16 --max-train-clips 64 --seed 0 --quiet --track-pairs-every 25 \
+		$(if $(TRAIN_THREADS),--threads $(TRAIN_THREADS)) $(LEVERS_$*)
+
+train-levers: $(foreach r,$(LEVER_RUNS),runs/levers-$(LEVER_PRESET)/$(r)/train_summary.json)
+	$(PYTHON) -m ts2net.training.pair_tracking --out reports/demo-training/overfit-$(LEVER_PRESET) \
+		$(foreach r,$(LEVER_RUNS),$(r)=runs/levers-$(LEVER_PRESET)/$(r))
 
 # Benchmark data: test split (1k-A style) + train/val splits for training the demo model.
 data: setup

@@ -80,7 +80,10 @@ def index_command(bundle_dir, videos_dir, out, backend, precision, dtype, skip_b
                    "fastest gated one of the index's precision).")
 @click.option("--json", "as_json", is_flag=True,
               help='Print JSON: a list of {"query", "results": [{"rank", "video_id", "score", "path"}]}.')
-def search_command(index_dir, queries, k, bundle_dir, backend, as_json):
+@click.option("--explain", "explain_dir", type=click.Path(file_okay=False), default=None,
+              help="Also write an explanation (PNG + JSON) of every returned video and an index.html into this "
+                   "folder (see `ts2net explain`).")
+def search_command(index_dir, queries, k, bundle_dir, backend, as_json, explain_dir):
     """Rank the indexed videos for a text query (scores: logit-scaled TS2-Net similarity)."""
     def run():
         return search_index(open_index(index_dir), list(queries), k, bundle_dir=bundle_dir, backend=backend)
@@ -89,6 +92,17 @@ def search_command(index_dir, queries, k, bundle_dir, backend, as_json):
     for number, query in enumerate(queries, start=1):
         if query_warning(query):
             click.echo(f"warning: query {number}: {query_warning(query)}", err=True)
+    _print_results(results, as_json)
+    if explain_dir is not None:
+        from cli.explain import explain_errors
+        from runtime.explanation import explain_search
+
+        page = explain_errors(lambda: explain_search(open_index(index_dir), results, explain_dir,
+                                                    bundle_dir=bundle_dir, backend=backend))
+        click.echo(f"explanations: {page}", err=True)
+
+
+def _print_results(results, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(results, indent=1, allow_nan=False))  # always a list, one entry per query
         return

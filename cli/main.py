@@ -26,6 +26,8 @@ COMMANDS = {
     "bench": ("cli.bench", "bench_command", "Latency / throughput benchmark of a bundle's backends."),
     "index": ("cli.index", "index_command", "Encode a folder of videos into a search index."),
     "search": ("cli.index", "search_command", "Search an index with a text query."),
+    "explain": ("cli.explain", "explain_command",
+                "Why a video matched a query: frame weights and selected patches (PNG + JSON)."),
     "summary": ("cli.summary", "summary_command", "The demo's one-page summary report (and the ablation table)."),
     "encode": ("cli.triton", "encode_command", "Encode captions / videos to .npz, locally or via --server."),
     "triton": ("cli.triton", "triton_command", "Write (or --check) a Triton model repository for tritonserver."),

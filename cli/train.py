@@ -44,16 +44,35 @@ from ts2net.training.validation import metrics_line
 @click.option("--cache-dir", default=None, type=click.Path(file_okay=False), help="Frame cache [DATA/.frame_cache].")
 @click.option("--stop-after", default=None, type=click.IntRange(1), hidden=True,
               help="End after this many epochs, leaving a resumable checkpoint.")
+@click.option("--pair-loss-weight", default=0.0, show_default=True, type=click.FloatRange(0),
+              help="Add this x the 2x2 pair-contrastive loss of each hard pair in the batch (docs/demo.md).")
+@click.option("--curriculum-pair-epochs", default=0, show_default=True, type=click.IntRange(0),
+              help="Train the first N epochs on the hard-pair clips only.")
+@click.option("--pair-repeats", default=1, show_default=True, type=click.IntRange(1),
+              help="Presentations of each hard pair per epoch (never twice in one batch).")
+@click.option("--logit-scale", "logit_scale", default=None, metavar="START[:END]",
+              help="Fix exp(logit scale) instead of learning it, linearly from START to END over the run.")
+@click.option("--track-pairs-every", default=0, show_default=True, type=click.IntRange(0),
+              help="Every N steps score train and test hard pairs by change type (RUN/pair_tracking.jsonl/.png).")
+@click.option("--track-pairs-max", default=256, show_default=True, type=click.IntRange(1),
+              help="At most this many pairs per tracked split.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train_command(data, out, preset, config, sets, clip, tokenizer, epochs, batch_size, lr, clip_lr_scale,
                   warmup_steps, weight_decay, grad_clip, seed, resume, workers, max_train_clips, threads,
-                  cache_dir, stop_after, quiet):
+                  cache_dir, stop_after, pair_loss_weight, curriculum_pair_epochs, pair_repeats, logit_scale,
+                  track_pairs_every, track_pairs_max, quiet):
     """Train TS2-Net on a text-video benchmark (CPU; torchrun --nproc_per_node N for gloo DDP)."""
-    opts = TrainOptions(data=data, out=out, preset=preset, config=config, sets=tuple(sets), clip=clip,
-                        tokenizer=tokenizer, epochs=epochs, batch_size=batch_size, lr=lr, clip_lr_scale=clip_lr_scale,
-                        warmup_steps=warmup_steps, weight_decay=weight_decay, grad_clip=grad_clip, seed=seed,
-                        resume=resume, workers=workers, max_train_clips=max_train_clips, threads=threads,
-                        cache_dir=cache_dir, progress=not quiet)
+    try:
+        opts = TrainOptions(data=data, out=out, preset=preset, config=config, sets=tuple(sets), clip=clip,
+                            tokenizer=tokenizer, epochs=epochs, batch_size=batch_size, lr=lr, clip_lr_scale=clip_lr_scale,
+                            warmup_steps=warmup_steps, weight_decay=weight_decay, grad_clip=grad_clip, seed=seed,
+                            resume=resume, workers=workers, max_train_clips=max_train_clips, threads=threads,
+                            cache_dir=cache_dir, progress=not quiet, pair_loss_weight=pair_loss_weight,
+                            curriculum_pair_epochs=curriculum_pair_epochs, pair_repeats=pair_repeats,
+                            logit_scale_schedule=_logit_scale(logit_scale), track_pairs_every=track_pairs_every,
+                            track_pairs_max=track_pairs_max)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
     try:
         summary = run_training(opts, stop_after_epoch=stop_after)
     except (ValueError, FileNotFoundError) as exc:
@@ -63,3 +82,15 @@ def train_command(data, out, preset, config, sets, clip, tokenizer, epochs, batc
     if summary.get("final_val") and int(os.environ.get("RANK", "0")) == 0:
         click.echo(f"[train] done: {summary['steps']} steps in {summary['wall_s']:.0f} s; "
                    f"final val {metrics_line(summary['final_val'])}; model in {out}")
+
+
+def _logit_scale(text: str | None) -> tuple[float, float] | None:
+    """"30" -> (30, 30); "10:100" -> (10, 100); None -> None (learnt)."""
+    if text is None:
+        return None
+    start, _, end = text.partition(":")
+    try:
+        return float(start), float(end or start)
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: expected START or START:END, e.g. 30 or 10:100",
+                                 param_hint="--logit-scale") from None

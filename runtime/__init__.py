@@ -17,10 +17,15 @@ _EXPORTS = {
     "load_video": "video",
     "VideoDecodeError": "video",
     "sample_frame_numbers": "video",
+    "sample_video": "video",
     # the module is not named `similarity`, so the package attribute stays the function
     "similarity": "frame_similarity",
     "effective_frame_mask": "frame_similarity",
     "dsl_rescale": "frame_similarity",
+    "frame_scores": "frame_similarity",
+    # `runtime.explain(bundle, video, query)`; the module is `explanation` so the name stays the function
+    "explain": "explanation",
+    "explain_indexed": "explanation",
     "retrieval_metrics": "metrics",
     "Bundle": "bundle",
     "BundleError": "bundle",

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from .backends import Backend, create_backend
 from .bundle import Bundle, open_bundle
 from .bundle_format import CLIP_MEAN, CLIP_STD
-from .video import VideoDecodeError, load_video
+from .video import SampledVideo, VideoDecodeError, sample_video
 
 
 @dataclass
@@ -46,6 +46,13 @@ class DecodedVideos:
     mask: np.ndarray     # int64 [n, T]
 
 
+def sample_bundle_video(bundle: Bundle, path: str | os.PathLike) -> SampledVideo:
+    """One video decoded and sampled with the bundle's preprocessing (frames, mask, frame numbers)."""
+    pre = bundle.preprocessing
+    mean, std = tuple(pre.get("mean", CLIP_MEAN)), tuple(pre.get("std", CLIP_STD))
+    return sample_video(path, bundle.max_frames, bundle.image_size, mean, std)
+
+
 def decode_videos(bundle: Bundle, paths: Sequence[str | os.PathLike], batch_size: int, skip_bad: bool = False,
                   skipped: list[tuple[str, str]] | None = None, progress: bool = True,
                   workers: int = 0) -> Iterator[DecodedVideos]:
@@ -55,12 +62,10 @@ def decode_videos(bundle: Bundle, paths: Sequence[str | os.PathLike], batch_size
     raises, or with `skip_bad` is appended to `skipped` as (path, reason). `workers` > 1 decodes
     in threads (PyAV releases the GIL while decoding).
     """
-    pre = bundle.preprocessing
-    mean, std = tuple(pre.get("mean", CLIP_MEAN)), tuple(pre.get("std", CLIP_STD))
-
     def load(path: str):
         try:
-            return path, load_video(path, bundle.max_frames, bundle.image_size, mean, std), None
+            video = sample_bundle_video(bundle, path)
+            return path, (video.frames, video.mask), None
         except VideoDecodeError as exc:
             if not skip_bad:
                 raise

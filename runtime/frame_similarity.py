@@ -16,11 +16,16 @@ The full ``[Nv, T, Nt]`` tensor of step 2 is never materialised: :func:`similari
 blocks of ``video_chunk`` videos x ``text_chunk`` texts, so 10,000 texts against 100,000 videos
 (T=12) needs a few tens of MiB of scratch instead of ~48 GB. The ``[Nt, Nv]`` result itself
 (4 GB at that size) can be written into a caller-supplied array such as an ``np.memmap``.
+
+:func:`frame_scores` returns the per-frame terms of step 3 and 4 (``s`` and the weights) for a
+few videos, from the same blocks :func:`similarity` walks (``_blocks``, the one implementation),
+so ``ts2net explain`` shows exactly the numbers a search or an evaluation ranked by.
 """
 from __future__ import annotations
 
 import numbers
-from typing import Optional
+from dataclasses import dataclass
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -33,6 +38,8 @@ __all__ = [
     "MASK_FILL_VALUE",
     "effective_frame_mask",
     "similarity",
+    "FrameScores",
+    "frame_scores",
     "dsl_rescale",
     "NonFiniteScoresError",
     "require_finite_scores",
@@ -175,10 +182,26 @@ def _l2_normalize_last(x: np.ndarray) -> np.ndarray:
     return x
 
 
+@dataclass(frozen=True)
+class _Inputs:
+    """Checked inputs of the similarity: what every block of :func:`_blocks` reads."""
+
+    text: np.ndarray        # [Nt, D], any float dtype (normalised per block in float32)
+    frames: np.ndarray      # [Nv, T, D], any float dtype, possibly an np.memmap
+    eff: np.ndarray         # [Nv, T] bool, the effective frame mask
+    scale: float
+    factor: float
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """(Nt, Nv, T, D)."""
+        nv, t, d = self.frames.shape
+        return self.text.shape[0], nv, t, d
+
+
 def _validated_inputs(text_embeds, frame_embeds, frame_mask, logit_scale, frame_mask_mode, tokens_per_frame,
-                      softmax_factor, text_chunk, video_chunk, out):
-    """Every input check of :func:`similarity`, before any work: (text, frames, effective mask, scale,
-    factor, text_chunk, video_chunk, out), with `out` allocated when not given.
+                      softmax_factor) -> _Inputs:
+    """Every input check shared by :func:`similarity` and :func:`frame_scores`, before any work.
 
     Each error names the argument and the expected vs received shape or dtype; a video left without a
     frame by its effective mask is refused here, so a big matrix never fails half way.
@@ -207,8 +230,6 @@ def _validated_inputs(text_embeds, frame_embeds, frame_mask, logit_scale, frame_
             f"{_shape_str(frames.shape)}, got {_shape_str(mask.shape)}"
         )
     tokens_per_frame = _check_positive_int("tokens_per_frame", tokens_per_frame)
-    text_chunk = _check_positive_int("text_chunk", text_chunk)
-    video_chunk = _check_positive_int("video_chunk", video_chunk)
     try:
         scale = float(logit_scale)
         factor = float(softmax_factor)
@@ -242,21 +263,70 @@ def _validated_inputs(text_embeds, frame_embeds, frame_mask, logit_scale, frame_
             f"{frame_mask_mode!r} mask: video index {shown}{hint}"
         )
 
-    if out is None:
-        out = np.empty((nt, nv), dtype=np.float32)
-    else:
-        if not isinstance(out, np.ndarray):
-            raise TypeError(f"out must be a numpy array (or np.memmap), got {type(out).__name__}")
-        if out.shape != (nt, nv):
-            raise ValueError(
-                f"out must have shape [Nt, Nv] = {_shape_str((nt, nv))}, got "
-                f"{_shape_str(out.shape)}"
-            )
-        if out.dtype != np.float32:
-            raise TypeError(f"out must have dtype float32, got {out.dtype}")
-        if not out.flags.writeable:
-            raise ValueError("out must be writeable")
-    return text, frames, eff, scale, factor, text_chunk, video_chunk, out
+    return _Inputs(text, frames, eff, scale, factor)
+
+
+@dataclass
+class _Block:
+    """One block of videos ``v0:v1`` x texts ``t0:t1``: the per-frame terms and the scores."""
+
+    v0: int
+    v1: int
+    t0: int
+    t1: int
+    cosines: np.ndarray     # s [vc, T, tc]
+    exp_weights: np.ndarray  # softmax numerators [vc, T, tc] (max-shifted exp; 0 on masked frames)
+    weight_sums: np.ndarray  # softmax denominators [vc, tc]
+    scores: np.ndarray      # [vc, tc] logit-scaled similarity
+
+
+def _blocks(inputs: _Inputs, text_chunk: int, video_chunk: int,
+            video_starts: Optional[Sequence[int]] = None) -> Iterator[_Block]:
+    """The one implementation of the TS2-Net score, block by block (module docstring, steps 1-4).
+
+    :func:`similarity` keeps only the scores of each block; :func:`frame_scores` also keeps the
+    per-frame cosines and weights, so an explanation shows exactly the numbers a search ranked by.
+    ``video_starts`` limits the walk to the video blocks starting there (multiples of
+    ``video_chunk``); every block is computed exactly as in the full walk.
+    """
+    text_chunk = _check_positive_int("text_chunk", text_chunk)
+    video_chunk = _check_positive_int("video_chunk", video_chunk)
+    nt, nv, t, d = inputs.shape
+    if nt == 0 or nv == 0:
+        return
+    # Texts are normalised once (Nt x D float32 is small); frames once per video block.
+    text32 = _l2_normalize_last(np.array(inputs.text, dtype=np.float32, copy=True))
+    scale32 = np.float32(inputs.scale)
+    factor32 = np.float32(inputs.factor)
+
+    for v0 in (range(0, nv, video_chunk) if video_starts is None else video_starts):
+        v1 = min(v0 + video_chunk, nv)
+        vc = v1 - v0
+        fr = _l2_normalize_last(np.array(inputs.frames[v0:v1], dtype=np.float32, copy=True))
+        fr2d = fr.reshape(vc * t, d)
+        m3 = inputs.eff[v0:v1, :, None]               # [vc, T, 1]
+        masked_out = ~m3
+        any_masked = bool(masked_out.any())
+        for t0 in range(0, nt, text_chunk):
+            t1 = min(t0 + text_chunk, nt)
+            tc = t1 - t0
+            # s[v, f, t]: cosine similarity of every frame with every text of the block.
+            s = np.matmul(fr2d, text32[t0:t1].T).reshape(vc, t, tc)
+            # u = s * m, L2-normalised over the frames of each (video, text) pair.
+            u = s * m3 if any_masked else s.copy()
+            norm = np.sqrt(np.einsum("vft,vft->vt", u, u))[:, None, :]
+            norm[norm == 0] = 1.0
+            u *= factor32 / norm                      # softmax_factor * u / ||u||
+            if any_masked:
+                np.copyto(u, np.float32(MASK_FILL_VALUE), where=masked_out)
+            # Softmax over frames (axis 1), max-shifted for stability, then the weighted mean.
+            u -= u.max(axis=1, keepdims=True)
+            np.exp(u, out=u)
+            den = u.sum(axis=1)
+            block = np.einsum("vft,vft->vt", u, s)
+            block /= den
+            block *= scale32
+            yield _Block(v0, v1, t0, t1, s, u, den, block)
 
 
 def similarity(
@@ -310,50 +380,91 @@ def similarity(
     a zero vector, and if every masked-in similarity of a pair is exactly 0 the frames get equal
     weights (the reference would return NaN in both cases).
     """
-    text, frames, eff, scale, factor, text_chunk, video_chunk, out = _validated_inputs(
-        text_embeds, frame_embeds, frame_mask, logit_scale, frame_mask_mode, tokens_per_frame, softmax_factor,
-        text_chunk, video_chunk, out)
-    nt, d = text.shape
-    nv, t, _ = frames.shape
-    if nt == 0 or nv == 0:
-        return out
-
-    # Texts are normalised once (Nt x D float32 is small); frames once per video block.
-    text32 = _l2_normalize_last(np.array(text, dtype=np.float32, copy=True))
-    scale32 = np.float32(scale)
-    factor32 = np.float32(factor)
-
-    for v0 in range(0, nv, video_chunk):
-        v1 = min(v0 + video_chunk, nv)
-        vc = v1 - v0
-        fr = _l2_normalize_last(np.array(frames[v0:v1], dtype=np.float32, copy=True))
-        fr2d = fr.reshape(vc * t, d)
-        m3 = eff[v0:v1, :, None]                      # [vc, T, 1]
-        masked_out = ~m3
-        any_masked = bool(masked_out.any())
-        for t0 in range(0, nt, text_chunk):
-            t1 = min(t0 + text_chunk, nt)
-            tc = t1 - t0
-            # s[v, f, t]: cosine similarity of every frame with every text of the block.
-            s = np.matmul(fr2d, text32[t0:t1].T).reshape(vc, t, tc)
-            # u = s * m, L2-normalised over the frames of each (video, text) pair.
-            u = s * m3 if any_masked else s.copy()
-            norm = np.sqrt(np.einsum("vft,vft->vt", u, u))[:, None, :]
-            norm[norm == 0] = 1.0
-            u *= factor32 / norm                      # softmax_factor * u / ||u||
-            if any_masked:
-                np.copyto(u, np.float32(MASK_FILL_VALUE), where=masked_out)
-            # Softmax over frames (axis 1), max-shifted for stability, then the weighted mean.
-            u -= u.max(axis=1, keepdims=True)
-            np.exp(u, out=u)
-            num = np.einsum("vft,vft->vt", u, s)
-            den = u.sum(axis=1)
-            del s, u
-            block = num
-            block /= den
-            block *= scale32
-            out[t0:t1, v0:v1] = block.T
+    inputs = _validated_inputs(text_embeds, frame_embeds, frame_mask, logit_scale, frame_mask_mode,
+                           tokens_per_frame, softmax_factor)
+    nt, nv, _, _ = inputs.shape
+    if out is None:
+        out = np.empty((nt, nv), dtype=np.float32)
+    else:
+        if not isinstance(out, np.ndarray):
+            raise TypeError(f"out must be a numpy array (or np.memmap), got {type(out).__name__}")
+        if out.shape != (nt, nv):
+            raise ValueError(
+                f"out must have shape [Nt, Nv] = {_shape_str((nt, nv))}, got "
+                f"{_shape_str(out.shape)}"
+            )
+        if out.dtype != np.float32:
+            raise TypeError(f"out must have dtype float32, got {out.dtype}")
+        if not out.flags.writeable:
+            raise ValueError("out must be writeable")
+    for block in _blocks(inputs, text_chunk, video_chunk):
+        out[block.t0:block.t1, block.v0:block.v1] = block.scores.T
     return out
+
+
+@dataclass(frozen=True)
+class FrameScores:
+    """The terms of the similarity for every (video, frame, text), as :func:`similarity` computes them.
+
+    ``cosines[v, f, t]`` is s_f, ``weights[v, f, t]`` is w_f (non-negative, summing to 1 over the
+    frames of ``effective_mask[v]``, exactly 0 elsewhere), ``scores[t, v]`` equals
+    ``similarity(...)[t, v]`` bit for bit (the same blocks of the same code), and
+    ``effective_mask[v, f]`` says which frames can get weight at all. ``videos[v]`` is the row
+    of ``frame_embeds`` that entry ``v`` describes.
+    """
+
+    videos: np.ndarray          # int64 [Nv']
+    cosines: np.ndarray         # float32 [Nv', T, Nt]
+    weights: np.ndarray         # float32 [Nv', T, Nt]
+    scores: np.ndarray          # float32 [Nt, Nv']
+    effective_mask: np.ndarray  # bool [Nv', T]
+
+
+def frame_scores(
+    text_embeds,
+    frame_embeds,
+    frame_mask,
+    logit_scale: float,
+    frame_mask_mode: str,
+    *,
+    tokens_per_frame: int = 4,
+    softmax_factor: float = 4.0,
+    text_chunk: int = DEFAULT_TEXT_CHUNK,
+    video_chunk: int = DEFAULT_VIDEO_CHUNK,
+    videos: Optional[Sequence[int]] = None,
+) -> FrameScores:
+    """The per-frame cosines and softmax weights behind :func:`similarity`, with its scores.
+
+    Same arguments, checks and errors as :func:`similarity`, plus ``videos``: the rows of
+    ``frame_embeds`` to describe (default all). Only the video blocks holding those rows are
+    computed, each exactly as :func:`similarity` computes it, so with the same texts and chunk
+    sizes the scores are bit-identical to the matching entries of a full :func:`similarity`
+    call (block shapes change BLAS's summation order, hence the last float32 bits). This is
+    what lets an explanation reproduce a search's score over a large index at the cost of one
+    block. The result holds ``2 * Nv' * T * Nt`` floats: meant for a few videos.
+    """
+    inputs = _validated_inputs(text_embeds, frame_embeds, frame_mask, logit_scale, frame_mask_mode,
+                           tokens_per_frame, softmax_factor)
+    video_chunk = _check_positive_int("video_chunk", video_chunk)
+    nt, nv, t, _ = inputs.shape
+    rows = np.arange(nv) if videos is None else np.asarray(videos, dtype=np.int64).reshape(-1)
+    if rows.size and (rows.min() < 0 or rows.max() >= nv):
+        raise ValueError(f"videos must be row numbers of frame_embeds in [0, {nv}), got {rows.tolist()}")
+    starts = sorted({int(r) // video_chunk * video_chunk for r in rows})
+    slots: dict[int, list[int]] = {}
+    for i, r in enumerate(rows):
+        slots.setdefault(int(r), []).append(i)
+    cosines = np.zeros((rows.size, t, nt), np.float32)
+    weights = np.zeros((rows.size, t, nt), np.float32)
+    scores = np.zeros((nt, rows.size), np.float32)
+    for block in _blocks(inputs, text_chunk, video_chunk, starts):
+        for v in range(block.v0, block.v1):
+            b = v - block.v0
+            for i in slots.get(v, ()):
+                cosines[i, :, block.t0:block.t1] = block.cosines[b]
+                weights[i, :, block.t0:block.t1] = block.exp_weights[b] / block.weight_sums[b][None, :]
+                scores[block.t0:block.t1, i] = block.scores[b]
+    return FrameScores(rows, cosines, weights, scores, inputs.eff[rows].copy())
 
 
 # --------------------------------------------------------------------------------------------

@@ -310,23 +310,11 @@ def query_warning(query: str) -> Optional[str]:
     return None
 
 
-def search_index(index: VideoIndex, queries: Sequence[str], k: int = 10, *, bundle_dir=None,
-                 backend: str = "auto", batch_size: int = 16) -> list[dict[str, Any]]:
-    """Rank the indexed videos for each query by the TS2-Net similarity (logit-scaled scores).
-
-    The bundle defaults to the one recorded in the index; its id must match the index's.
-    Returns one ``{"query", "results": [{"rank", "video_id", "score", "path"}]}`` per query.
-    """
+def index_bundle(index: VideoIndex, bundle_dir=None):
+    """The bundle to encode queries for ``index`` with: ``bundle_dir``, else the one recorded in the
+    index; refused when its id differs from the index's (embeddings of two models do not compare)."""
     from .bundle import open_bundle
-    from .encoder import BundleEncoder
 
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    for number, query in enumerate(queries, start=1):
-        if not query.strip():
-            raise VideoIndexError(f"query {number} is empty: give the text to search for")
-        if query_warning(query):
-            log.warning("query %s: %s", number, query_warning(query))
     path = Path(bundle_dir) if bundle_dir is not None else Path(index.meta["bundle"]["path"])
     if bundle_dir is None and not path.is_dir():
         raise VideoIndexError(f"{index.path}: the bundle recorded in the index, {path}, does not exist here; "
@@ -336,6 +324,27 @@ def search_index(index: VideoIndex, queries: Sequence[str], k: int = 10, *, bund
         raise VideoIndexError(f"{index.path} was built with bundle id {index.meta['bundle']['id']} but {path} has id "
                           f"{bundle.content_id}: its text embeddings are not comparable; pass the original --bundle "
                           "or rebuild the index")
+    return bundle
+
+
+def search_index(index: VideoIndex, queries: Sequence[str], k: int = 10, *, bundle_dir=None,
+                 backend: str = "auto", batch_size: int = 16) -> list[dict[str, Any]]:
+    """Rank the indexed videos for each query by the TS2-Net similarity (logit-scaled scores).
+
+    The bundle defaults to the one recorded in the index; its id must match the index's.
+    Returns one ``{"query", "results": [{"rank", "video_id", "score", "path"}]}`` per query.
+    """
+    from .encoder import BundleEncoder
+
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    for number, query in enumerate(queries, start=1):
+        if not query.strip():
+            raise VideoIndexError(f"query {number} is empty: give the text to search for")
+        if query_warning(query):
+            log.warning("query %s: %s", number, query_warning(query))
+    bundle = index_bundle(index, bundle_dir)
+    path = bundle.path
     if backend == "auto":  # the index's own backend, else the fastest gated one of the index's precision
         from .path_choice import gated_precisions, resolve
 

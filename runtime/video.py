@@ -266,18 +266,35 @@ def _decode(path: str, wanted: set[int]) -> tuple[dict[int, np.ndarray], int]:
     return kept, count
 
 
-def load_video(
+@dataclass(frozen=True)
+class SampledVideo:
+    """What the official loader produces for one file, and which frames it took.
+
+    `frame_numbers[i]` is the 0-based decode position of slot i (real slots only, in order);
+    `fps` is the stream's real rate, so slot i shows the picture at `frame_numbers[i] / fps`
+    seconds (`times_s`), while the sampling step itself is `int(fps)` (sample_frame_numbers).
+    `decoded_frames` is the decodable frame count the samples were chosen from.
+    """
+
+    frames: np.ndarray          # float32 [max_frames, 3, size, size], normalised, zero padding
+    mask: np.ndarray            # int64 [max_frames], 1 real, 0 padding
+    frame_numbers: tuple[int, ...]
+    fps: float
+    decoded_frames: int
+
+    @property
+    def times_s(self) -> tuple[float, ...]:
+        return tuple(k / self.fps for k in self.frame_numbers)
+
+
+def sample_video(
     path: str | os.PathLike,
     max_frames: int = 12,
     size: int = 224,
     mean=CLIP_MEAN,
     std=CLIP_STD,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Frames float32 [max_frames, 3, size, size] and mask int64 [max_frames], as officially.
-
-    Fewer samples than `max_frames` are padded at the end with zeros (zero in normalised space)
-    and mask 0. Raises VideoDecodeError for a missing, empty, unreadable or corrupt file.
-    """
+) -> SampledVideo:
+    """Decode, sample (official 1-fps rule) and preprocess a video; see `load_video`."""
     p = os.fspath(path)
     if max_frames < 1 or size < 1:
         raise ValueError(f"max_frames and size must be >= 1, got {max_frames}, {size}")
@@ -299,4 +316,21 @@ def load_video(
     for i, k in enumerate(chosen):
         frames[i] = preprocess_frame(kept[k], size, mean, std)
         mask[i] = 1
-    return frames, mask
+    return SampledVideo(frames, mask, tuple(chosen), info.fps, count)
+
+
+def load_video(
+    path: str | os.PathLike,
+    max_frames: int = 12,
+    size: int = 224,
+    mean=CLIP_MEAN,
+    std=CLIP_STD,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Frames float32 [max_frames, 3, size, size] and mask int64 [max_frames], as officially.
+
+    Fewer samples than `max_frames` are padded at the end with zeros (zero in normalised space)
+    and mask 0. Raises VideoDecodeError for a missing, empty, unreadable or corrupt file.
+    `sample_video` returns the same arrays plus the sampled frame numbers and the frame rate.
+    """
+    video = sample_video(path, max_frames, size, mean, std)
+    return video.frames, video.mask

@@ -380,3 +380,28 @@ def test_train_split_pairs_share_a_caption_variant(bench, tokenizer, tmp_path):
             ta, tb = split.captions[ds.caption_index(a)].split(), split.captions[ds.caption_index(b)].split()
             # the same phrasing: equal length and only the changed attribute's word(s) differ
             assert len(ta) == len(tb) and 0 < sum(x != y for x, y in zip(ta, tb)) <= 2, (ta, tb)
+
+
+def test_a_second_cache_filler_waits_and_decodes_nothing_twice(bench, tokenizer, tmp_path, monkeypatch):
+    """Two runs started together on one cache (make -j2 train-demo): the fill lock serialises them."""
+    import fcntl
+    import threading
+    import time
+
+    split = load_split(bench, "train", tokenizer, 16)
+    calls = _spy(monkeypatch)
+    first, second = FrameCache(tmp_path, "train", 32, FRAMES), FrameCache(tmp_path, "train", 32, FRAMES)
+    first.dir.mkdir(parents=True)
+    lock = open(first.dir / data_mod.LOCK_NAME, "a")
+    fcntl.flock(lock, fcntl.LOCK_EX)                     # another filler holds the cache
+    result = {}
+    waiting = threading.Thread(target=lambda: result.update(n=second.fill(split.video_paths, progress=False)))
+    waiting.start()
+    time.sleep(0.5)
+    assert not calls and waiting.is_alive()             # it waits instead of decoding beside the holder
+    first._index = first._read_index()
+    assert first._fill_locked(split.video_paths, 0, False) == len(split.video_ids)   # the holder fills
+    fcntl.flock(lock, fcntl.LOCK_UN)
+    lock.close()
+    waiting.join(timeout=30)
+    assert result["n"] == 0 and len(calls) == len(split.video_ids)   # nothing decoded twice

@@ -4,9 +4,10 @@
     frame_cache  decode each clip once into a memory-mapped frame cache; datasets and the paired sampler
     tokenizer    the caption BPE trained on a benchmark's train captions
     distributed  gloo DDP: process group and the all-gathers of the contrastive batch
-    loss         the objective (symmetric cross-entropy over the batch similarity)
+    loss         the objective (symmetric cross-entropy over the batch similarity; the optional pair term)
     optim        AdamW groups and the warm-up + cosine schedule
     validation   retrieval metrics on the validation split during training
+    pair_tracking  hard-pair accuracy by change type during training, and run comparisons
     state        the resumable run state (checkpoints/last.pt)
     loop         `run_training`: the epochs, logging, checkpoints and the final model
 

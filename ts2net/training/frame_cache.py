@@ -14,11 +14,13 @@ Cache layout (one directory per split/size/max_frames)::
 A row is valid only when index.json lists it with the video file's current key (byte size and
 mtime): the index is replaced atomically (os.replace) only after the rows it describes are
 flushed, so an interrupted fill leaves a consistent cache and the next fill decodes only what is
-missing or changed. A video that fails to decode raises `VideoDecodeError` naming the file; it is
+missing or changed. Fillers of one cache take turns (an flock on .fill.lock), so runs started
+together on one dataset decode each clip once. A video that fails to decode raises `VideoDecodeError` naming the file; it is
 never stored as zeros (that would look like an empty clip and train on garbage).
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import time
@@ -37,7 +39,7 @@ from runtime.video import VideoDecodeError, load_video
 from runtime.files import atomic_write_text
 
 CACHE_VERSION = 1
-INDEX_NAME, FRAMES_NAME = "index.json", "frames.f16"
+INDEX_NAME, FRAMES_NAME, LOCK_NAME = "index.json", "frames.f16", ".fill.lock"
 _SAVE_EVERY_S = 10.0  # how often a long fill publishes its progress (bounded loss on interruption)
 
 
@@ -111,10 +113,23 @@ class FrameCache:
         for vid, path in videos.items():
             if not os.path.isfile(path):
                 raise VideoDecodeError(path, f"file not found (video {vid!r} of split {self.split!r})")
+        if not self.missing(videos):
+            return 0
+        self.dir.mkdir(parents=True, exist_ok=True)
+        # one filler at a time (e.g. `make -j2 train-demo` starts two runs on one cache): the second
+        # waits, then re-reads the index and decodes only what the first did not
+        with open(self.dir / LOCK_NAME, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                self._index = self._read_index()
+                return self._fill_locked(videos, workers, progress)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _fill_locked(self, videos: Mapping[str, str | os.PathLike], workers: int, progress: bool) -> int:
         todo = self.missing(videos)
         if not todo:
             return 0
-        self.dir.mkdir(parents=True, exist_ok=True)
         entries = self._index["videos"]
         rows = {}
         for vid in todo:
@@ -329,9 +344,15 @@ class PairedBatchSampler:
     same global batches; process r takes positions [r*B/W, (r+1)*B/W) of each global batch B. An
     odd global batch cannot hold only whole pairs; then the units are simply concatenated.
     The last incomplete batch (and an odd single) are dropped, as DistributedSampler(drop_last) does.
+
+    Two levers for the hard pairs (docs/demo.md, "What was tried"): `pair_repeats` k puts each pair
+    k times into an epoch (k presentations; never twice in one batch, where it would be its own
+    negative), and during the first `pairs_only_epochs` epochs only the pairs are used (a
+    curriculum: the epoch is then a pass over the pairs alone). Both need an even global batch.
     """
 
-    def __init__(self, partner: np.ndarray, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0):
+    def __init__(self, partner: np.ndarray, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
+                 pair_repeats: int = 1, pairs_only_epochs: int = 0):
         if batch_size % world_size:
             raise ValueError(f"global batch {batch_size} is not a multiple of the {world_size} processes")
         partner = np.asarray(partner, dtype=np.int64)
@@ -339,32 +360,85 @@ class PairedBatchSampler:
         for i, j in enumerate(partner):
             if j >= 0 and (j >= n or partner[j] != i or j == i):
                 raise ValueError(f"hard pairs are not symmetric: clip {i} names {j} as its partner")
+        if pair_repeats < 1 or pairs_only_epochs < 0:
+            raise ValueError(f"pair_repeats {pair_repeats} must be >= 1 and pairs_only_epochs "
+                             f"{pairs_only_epochs} >= 0")
+        if (pair_repeats > 1 or pairs_only_epochs) and batch_size % 2:
+            raise ValueError(f"pair repeats / a pairs-only curriculum need an even global batch, not {batch_size}")
         self.pairs = [(i, int(j)) for i, j in enumerate(partner) if i < j]
+        if pairs_only_epochs and not self.pairs:
+            raise ValueError("a pairs-only curriculum needs hard pairs in the train split; there are none")
         self.singles = np.flatnonzero(partner < 0)
         self.batch_size, self.rank, self.world_size, self.seed = batch_size, rank, world_size, int(seed)
+        self.pair_repeats, self.pairs_only_epochs = int(pair_repeats), int(pairs_only_epochs)
         self.per_process = batch_size // world_size
         self.epoch = 0
+        self._batches: tuple[int, list[list[int]]] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    def pairs_only(self, epoch: int) -> bool:
+        return epoch < self.pairs_only_epochs
+
     def __len__(self) -> int:
-        usable = 2 * len(self.pairs) + 2 * (len(self.singles) // 2)
-        return usable // self.batch_size
+        return self.batches_in_epoch(self.epoch)
+
+    def batches_in_epoch(self, epoch: int) -> int:
+        """Global batches (= steps) of an epoch; epochs of a curriculum differ in length."""
+        if self.pair_repeats == 1:
+            singles = 0 if self.pairs_only(epoch) else 2 * (len(self.singles) // 2)
+            return (2 * len(self.pairs) + singles) // self.batch_size
+        return len(self._global_batches(epoch))
 
     def global_batches(self) -> list[list[int]]:
-        rng = np.random.default_rng([self.seed, self.epoch])
+        return self._global_batches(self.epoch)
+
+    def _global_batches(self, epoch: int) -> list[list[int]]:
+        if self._batches is not None and self._batches[0] == epoch:
+            return self._batches[1]
+        rng = np.random.default_rng([self.seed, epoch])
         singles = rng.permutation(self.singles)
-        units = [list(p) for p in self.pairs]
-        units += [[int(singles[i]), int(singles[i + 1])] for i in range(0, len(singles) - 1, 2)]
-        flat = [c for u in (units[i] for i in rng.permutation(len(units))) for c in u]
+        units = [list(p) for p in self.pairs] * self.pair_repeats
+        if not self.pairs_only(epoch):
+            units += [[int(singles[i]), int(singles[i + 1])] for i in range(0, len(singles) - 1, 2)]
+        ordered = [units[i] for i in rng.permutation(len(units))]
         b = self.batch_size
-        return [flat[k * b:(k + 1) * b] for k in range(len(self))]
+        if self.pair_repeats == 1:  # no unit repeats: plain concatenation (also for an odd batch)
+            flat = [c for u in ordered for c in u]
+            batches = [flat[k * b:(k + 1) * b] for k in range(len(flat) // b)]
+        else:
+            batches = _pack_without_repeats(ordered, b)
+        self._batches = (epoch, batches)
+        return batches
 
     def __iter__(self) -> Iterator[list[int]]:
         lo = self.rank * self.per_process
         for batch in self.global_batches():
             yield batch[lo:lo + self.per_process]
+
+
+def _pack_without_repeats(units: list[list[int]], batch_size: int) -> list[list[int]]:
+    """Fill batches of `batch_size` (even) with units of two in order, deferring a unit whose clips
+    are already in the current batch to the next one; an incomplete last batch is dropped."""
+    pending: list[list[int]] = []
+    queue = list(units)
+    batches: list[list[int]] = []
+    while queue or pending:
+        batch: list[int] = []
+        held: set[int] = set()
+        still: list[list[int]] = []
+        for unit in pending + queue:
+            if len(batch) < batch_size and not held.intersection(unit):
+                batch += unit
+                held.update(unit)
+            else:
+                still.append(unit)
+        if len(batch) < batch_size:
+            break
+        batches.append(batch)
+        pending, queue = [], still
+    return batches
 
 
 class SplitVideos(Dataset):

@@ -43,6 +43,31 @@ class TrainOptions:
     cache_dir: str | None = None
     eval_batch_size: int = 32
     progress: bool = True
+    # ---- levers against the hard-pair plateau (docs/demo.md, "What was tried"); defaults = the plain recipe
+    pair_loss_weight: float = 0.0       # x the mean 2 x 2 pair-contrastive loss of the batch's hard pairs
+    curriculum_pair_epochs: int = 0     # the first E epochs use only the hard-pair clips
+    pair_repeats: int = 1               # presentations of each hard pair per epoch
+    logit_scale_schedule: tuple[float, float] | None = None  # fixed exp(logit scale), start -> end linearly
+    # ---- measurement only (no effect on the weights)
+    track_pairs_every: int = 0          # score train/test hard pairs by change type every N steps (0: off)
+    track_pairs_max: int = 256          # at most this many pairs per tracked split
+
+    def __post_init__(self) -> None:
+        if self.pair_loss_weight < 0:
+            raise ValueError(f"--pair-loss-weight {self.pair_loss_weight}: must be >= 0")
+        if self.logit_scale_schedule is not None:
+            start, end = (float(v) for v in self.logit_scale_schedule)
+            if not (0 < start <= 100 and 0 < end <= 100):
+                raise ValueError(f"--logit-scale {start:g}:{end:g}: both ends must be in (0, 100] "
+                                 "(exp of the logit scale; CLIP clamps it at 100)")
+            self.logit_scale_schedule = (start, end)
+
+    def logit_scale_at(self, step: int, total_steps: int) -> float | None:
+        """The scheduled exp(logit scale) for optimisation step `step` (0-based); None: learnt."""
+        if self.logit_scale_schedule is None:
+            return None
+        start, end = self.logit_scale_schedule
+        return start + (end - start) * min(1.0, step / max(1, total_steps - 1))
 
     def learning_rates(self) -> tuple[float, float]:
         lr = self.lr if self.lr is not None else (1e-4 if self.clip else 5e-4)
@@ -52,7 +77,8 @@ class TrainOptions:
 
 #: Options that change the result: a resumed run must be given the same ones.
 RESULT_OPTIONS = ("data", "preset", "config", "sets", "clip", "tokenizer", "epochs", "batch_size", "lr",
-                  "clip_lr_scale", "warmup_steps", "weight_decay", "grad_clip", "seed", "max_train_clips")
+                  "clip_lr_scale", "warmup_steps", "weight_decay", "grad_clip", "seed", "max_train_clips",
+                  "pair_loss_weight", "curriculum_pair_epochs", "pair_repeats", "logit_scale_schedule")
 
 
 def parse_sets(items: Sequence[str]) -> dict[str, Any]:

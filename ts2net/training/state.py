@@ -32,8 +32,10 @@ def load_state(path: Path) -> dict[str, Any]:
 
 def check_resume_options(saved: dict[str, Any], opts: TrainOptions) -> None:
     now = dataclasses.asdict(opts)
-    differ = [f"--{k.replace('_', '-')}: run used {saved.get(k)!r}, now {now[k]!r}"
-              for k in RESULT_OPTIONS if jsonable(saved.get(k)) != jsonable(now[k])]
+    # an option a checkpoint predates was run at its default
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainOptions)}
+    differ = [f"--{k.replace('_', '-')}: run used {saved.get(k, defaults[k])!r}, now {now[k]!r}"
+              for k in RESULT_OPTIONS if jsonable(saved.get(k, defaults[k])) != jsonable(now[k])]
     if differ:
         raise ValueError("--resume must repeat the interrupted run's options:\n  " + "\n  ".join(differ))
 
