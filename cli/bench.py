@@ -56,7 +56,9 @@ def _choice_list(allowed: Sequence[str]) -> Callable[[Any, Any, str], list[str]]
 @click.option("--bundle", "bundle_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--backends", callback=_choice_list(BACKENDS), default=None,
               help="Comma-separated backends (default: every one available here).")
-@click.option("--precisions", callback=_choice_list(("fp32", "fp16")), default="fp32,fp16", show_default=True)
+@click.option("--precisions", callback=_choice_list(("fp32", "fp16", "bf16", "int8")), default="fp32,fp16,bf16,int8",
+              show_default=True, help="Precisions per backend (each backend runs those it supports: ORT fp32/fp16/"
+                                      "int8, OpenVINO fp32/bf16/int8; bf16 also adds torch eager BF16 autocast).")
 @click.option("--batch-sizes", callback=lambda c, p, v: _int_list(v), default="1,8", show_default=True)
 @click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True)
 @click.option("--iters", type=click.IntRange(min=1), default=20, show_default=True)
@@ -66,13 +68,18 @@ def _choice_list(allowed: Sequence[str]) -> Callable[[Any, Any, str], list[str]]
 @click.option("--torch-checkpoint", type=click.Path(exists=True, path_type=Path), default=None,
               help="Checkpoint of the bundle's model for the torch baseline (default: the embedded model, if the "
                    "bundle was exported from it).")
+@click.option("--torch-compile/--no-torch-compile", default=False, show_default=True,
+              help="Also time torch.compile (inductor) FP32; compiling takes minutes on a small CPU.")
+@click.option("--interleave/--no-interleave", default=False, show_default=True,
+              help="Run the configurations round-robin (one call each per round) so load changes on a shared "
+                   "machine hit every row alike.")
 @click.option("--peak-sizes", callback=lambda c, p, v: _int_list(v), default=",".join(map(str, DEFAULT_PEAK_SIZES)),
               show_default=True, help="Square MatMul sizes for the attainable-peak measurement.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("reports/bench"),
               show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def bench_command(bundle_dir, backends, precisions, batch_sizes, warmup, iters, threads, use_torch, torch_checkpoint,
-                  peak_sizes, out_dir, progress):
+                  torch_compile, interleave, peak_sizes, out_dir, progress):
     """Latency / throughput / GFLOP/s of a bundle's backends next to the attainable peak; JSON + Markdown + PNG."""
     from runtime.backends import BackendUnavailable
     from runtime.benchmark import BenchmarkError, require_onnx, run_bench, write_bench_report
@@ -82,7 +89,8 @@ def bench_command(bundle_dir, backends, precisions, batch_sizes, warmup, iters, 
         require_onnx()
         bundle = open_bundle(bundle_dir)
         report = run_bench(bundle, backends, precisions, batch_sizes, warmup, iters, threads,
-                           _torch_baseline(torch_checkpoint) if use_torch else None, peak_sizes, progress)
+                           _torch_baseline(torch_checkpoint) if use_torch else None, peak_sizes, progress,
+                           torch_compile, interleave)
     except (BenchmarkError, BundleError, BackendUnavailable) as exc:
         raise CommandError(str(exc)) from exc
     markdown, json_path, md_path, png_path = write_bench_report(report, out_dir)

@@ -16,8 +16,9 @@ from runtime.metrics import V2T_CANDIDATES
 @click.option("--videos", "videos_dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="Folder of {video_id}.mp4 files.")
 @click.option("--backend", default="ort-cpu", show_default=True, help="Inference backend (ort-cpu, ort-cuda, tensorrt).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default=None,
-              help="Graph precision for ONNX Runtime (default fp32); TensorRT runs its engine's precision.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16", "int8"]), default=None,
+              help="Graph precision for ONNX Runtime (default fp32: the reference numbers; int8 too), fp32 / bf16 / "
+                   "int8 for --backend openvino; TensorRT runs its engine's precision.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=str(DEFAULT_OUT), show_default=True,
               help="Report folder (JSON + Markdown + PNG).")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None,

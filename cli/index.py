@@ -28,9 +28,11 @@ def _click_errors(action):
 @click.option("--videos", "videos_dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="Folder of video files; the file name without extension is the video id.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Index directory to write.")
-@click.option("--backend", default="ort-cpu", show_default=True, help="Inference backend (ort-cpu, ort-cuda, tensorrt).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default=None,
-              help="Graph precision for ONNX Runtime (default fp32); TensorRT runs its engine's precision.")
+@click.option("--backend", default="auto", show_default=True,
+              help="Inference backend (ort-cpu, ort-cuda, tensorrt, openvino); auto: the fastest path that passed "
+                   "its gates on this machine (runtime/path_choice.py).")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16", "int8"]), default="auto",
+              show_default=True, help="auto: the fastest gated precision of the backend.")
 @click.option("--dtype", type=click.Choice(DTYPES), default="float16", show_default=True,
               help="Storage type of frame embeddings (float16 halves the index; rankings barely move).")
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable videos (listed in index.json) instead of stopping.")
@@ -55,6 +57,17 @@ def _click_errors(action):
 def index_command(bundle_dir, videos_dir, out, backend, precision, dtype, skip_bad, batch_size, cache_dir, no_cache,
                   workers, no_progress, engine, exact, faiss_kind, milvus_uri, milvus_collection, server):
     """Encode every video in a folder into a search index (resumable; unchanged videos are not re-encoded)."""
+    if server is None and backend == "auto" or backend in ("ort-cpu", "openvino") and precision == "auto":
+        from runtime.bundle import open_bundle
+        from runtime.path_choice import resolve
+
+        backend, precision, why = _click_errors(lambda: resolve(open_bundle(bundle_dir, verify=False), backend,
+                                                                precision))
+        click.echo(f"encoding with {backend} {precision}: {why}", err=True)
+    elif precision == "auto":  # TensorRT / CUDA / a server: the library's own default (the engine's precision)
+        precision = None
+    if backend == "auto":
+        backend = "ort-cpu"  # with --server the backend is the server's; build_index ignores it
     meta = _click_errors(lambda: build_index(
         bundle_dir, videos_dir, out, backend=backend, precision=precision, skip_bad=skip_bad, batch_size=batch_size,
         cache_dir=False if no_cache else cache_dir, dtype=dtype, progress=not no_progress, workers=workers,
@@ -84,7 +97,9 @@ def index_command(bundle_dir, videos_dir, out, backend, precision, dtype, skip_b
 @click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Results per query.")
 @click.option("--bundle", "bundle_dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="Bundle for the text side [default: the one recorded in the index].")
-@click.option("--backend", default="ort-cpu", show_default=True, help="Backend for encoding the query.")
+@click.option("--backend", default="auto", show_default=True,
+              help="Backend for encoding the query (auto: the index's, if it passes its gates here, else the "
+                   "fastest gated one of the index's precision).")
 @click.option("--engine", type=click.Choice(["scan"]), default=None,
               help="Override the index's engine with a full scan (the ground truth).")
 @click.option("--json", "as_json", is_flag=True,

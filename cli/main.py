@@ -12,7 +12,10 @@ import click
 
 # command name -> (module, function, one-line help shown by `ts2net --help`)
 COMMANDS = {
-    "export": ("cli.export", "export_command", "Export a checkpoint to a bundle (ONNX FP32 + FP16, reference, manifest)."),
+    "export": ("cli.export", "export_command", "Export a checkpoint to a bundle (ONNX FP32, FP16, INT8, reference, manifest)."),
+    "quantize": ("cli.export", "quantize_command", "Add INT8 graphs (ONNX Runtime + NNCF OpenVINO IR) to a bundle."),
+    "int8-study": ("cli.int8_study", "int8_study_command",
+                   "Measure every INT8 recipe (NNCF, ONNX Runtime static / dynamic) on a bundle in one run."),
     "engine": ("cli.export", "engine_command", "Build TensorRT engines for a bundle (needs TensorRT and a GPU)."),
     "train": ("cli.train", "train_command", "Train a TS2-Net (single process or torchrun)."),
     "train-tokenizer": ("cli.train_tokenizer", "train_tokenizer_command",

@@ -2,8 +2,10 @@
 
 Steps (each shown on a progress bar): load the model, write the tokenizer, export and check the
 FP32 text and video graphs, derive the FP16 graphs, compute reference outputs, validate every
-graph with ONNX Runtime against PyTorch, write the manifest. The bundle is marked valid only if
-the FP32 graphs meet the FP32 parity row; FP16 figures are measured and recorded either way.
+graph with ONNX Runtime against PyTorch, make the INT8 graphs (export/int8.py: calibrated on real
+frames and captions, gated on the reference inputs; a form that fails is not listed) and record
+the bf16 row (OpenVINO hint on the FP32 graphs), write the manifest. The bundle is marked valid
+only if the FP32 graphs meet the FP32 parity row; FP16 figures are measured and recorded either way.
 """
 from __future__ import annotations
 
@@ -183,10 +185,38 @@ def _swap_in(staging: Path, target: Path) -> None:
         os.rename(staging, target)
 
 
+def _int8_and_bf16(bundle: Path, manifest: dict[str, Any], ref: dict[str, np.ndarray], videos, captions,
+                   source, onnx_mode: str | None, progress: bool) -> None:
+    """INT8 graphs (entered in the manifest only if they pass the int8 gates) and the bf16 row's figures."""
+    from runtime.bundle import Bundle
+
+    from . import int8 as q
+
+    in_memory = Bundle(bundle, manifest)   # the manifest on disk stays "invalid" until the end
+    manifest["parity"]["bf16"] = q.bf16_parity(bundle, ref, in_memory.similarity_args)
+    if (videos is None or captions is None) and source is None:
+        reason = ("no calibration data: pass calibration_videos and calibration_captions (or a calibration_source); "
+                  "`ts2net export` defaults to the embedded benchmark")
+        log.warning("no INT8 graphs written: %s", reason)
+        manifest["parity"]["int8"] = {"backend": "onnxruntime-cpu", "precision": "int8", "passed": None,
+                                      "skipped": reason}
+        return
+    calibration = q.load_calibration(in_memory, videos, captions, progress=progress, default_source=source)
+    outcome = q.quantize_bundle(bundle, manifest, calibration, ref, onnx_mode or q.DEFAULT_ONNX_MODE,
+                                progress=progress)
+    manifest["parity"].update(outcome["parity"])
+
+
 def export_bundle(out: str | Path, checkpoint: str | Path | None = None, clip: str | Path | None = None,
                   bpe: str | Path | None = None, opset: int = DEFAULT_OPSET, progress: bool = True,
-                  fp32_scopes: tuple[str, ...] = FP32_SCOPES, **overrides: Any) -> ExportResult:
+                  fp32_scopes: tuple[str, ...] = FP32_SCOPES, int8: bool = True,
+                  calibration_videos: str | Path | None = None, calibration_captions: str | Path | None = None,
+                  int8_onnx_mode: str | None = None, calibration_source=None, **overrides: Any) -> ExportResult:
     """Export a bundle into `out`; raises ExportValidationError (bundle marked invalid) on FP32 failure.
+
+    int8: also write the INT8 graphs, calibrated on `calibration_videos` / `calibration_captions`,
+    or on what `calibration_source` (export.int8.CalibrationSource) provides for the missing ones;
+    with neither, the INT8 step is recorded as skipped with the reason.
 
     The bundle is written into a temporary sibling directory and swapped in only when complete,
     so an interrupted or failed export leaves an existing bundle at `out` exactly as it was. When
@@ -202,7 +232,10 @@ def export_bundle(out: str | Path, checkpoint: str | Path | None = None, clip: s
     os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it 0700; a bundle gets the usual permissions
     replacing = target.exists() and (target / bf.MANIFEST_NAME).is_file()
     try:
-        result = _export_into(staging, target, checkpoint, clip, bpe, opset, progress, fp32_scopes, overrides)
+        int8_options = {"videos": calibration_videos, "captions": calibration_captions, "source": calibration_source,
+                        "onnx_mode": int8_onnx_mode} if int8 else None
+        result = _export_into(staging, target, checkpoint, clip, bpe, opset, progress, fp32_scopes, overrides,
+                              int8_options)
     except ExportValidationError as exc:
         if replacing:
             rejected = target.with_name(target.name + ".rejected")
@@ -221,18 +254,21 @@ def export_bundle(out: str | Path, checkpoint: str | Path | None = None, clip: s
 
 
 def _export_into(bundle: Path, target: Path, checkpoint, clip, bpe, opset: int, progress: bool,
-                 fp32_scopes: tuple[str, ...], overrides: dict[str, Any]) -> ExportResult:
+                 fp32_scopes: tuple[str, ...], overrides: dict[str, Any],
+                 int8_options: dict[str, Any] | None = None) -> ExportResult:
     """export_bundle's work, written into the (temporary) directory `bundle`; `target` names it in messages."""
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    steps = tqdm(total=7, desc="export", unit="step", disable=not progress)
+    steps = tqdm(total=8 if int8_options is not None else 7, desc="export", unit="step", disable=not progress)
     try:
-        return _export_steps(bundle, target, checkpoint, clip, bpe, opset, steps, fp32_scopes, overrides)
+        return _export_steps(bundle, target, checkpoint, clip, bpe, opset, steps, fp32_scopes, overrides,
+                             int8_options, progress)
     finally:
         steps.close()  # before any error message, so it is not printed on the progress bar's line
 
 
 def _export_steps(bundle: Path, target: Path, checkpoint, clip, bpe, opset: int, steps, fp32_scopes,
-                  overrides: dict[str, Any]) -> ExportResult:
+                  overrides: dict[str, Any], int8_options: dict[str, Any] | None = None,
+                  progress: bool = True) -> ExportResult:
     seconds: dict[str, float] = {}
 
     def step(label: str, action: Callable[[], Any]) -> Any:
@@ -293,7 +329,7 @@ def _export_steps(bundle: Path, target: Path, checkpoint, clip, bpe, opset: int,
 
     def validate() -> dict[str, ParityResult]:
         results = {}
-        for precision in bf.PRECISIONS:
+        for precision in bf.CORE_PRECISIONS:
             produced = run_onnx(bundle / bf.graph_file("text", precision), {"input_ids": ref["input_ids"]})
             produced.update(run_onnx(bundle / bf.graph_file("video", precision),
                                      {"frames": ref["frames"], "frame_mask": ref["frame_mask"]}))
@@ -306,6 +342,10 @@ def _export_steps(bundle: Path, target: Path, checkpoint, clip, bpe, opset: int,
         return results
 
     parity = step("validate with onnxruntime", validate)
+    if int8_options is not None and parity["fp32"].passed:
+        step("int8 graphs + bf16 row", lambda: _int8_and_bf16(
+            bundle, manifest, ref, int8_options["videos"], int8_options["captions"], int8_options["source"],
+            int8_options["onnx_mode"], progress))
     report = ["# Export validation", "", f"Model: {cfg.name}; source: {source['name']}", ""]
     report += [parity[p].to_markdown("ONNX Runtime CPU vs PyTorch FP32") + "\n" for p in parity]
     atomic_write_text(bundle / bf.VALIDATION_FILE, "\n".join(report))

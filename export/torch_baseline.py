@@ -62,31 +62,50 @@ def load_baseline_model(bundle, checkpoint: str | Path | None = None) -> tuple[t
     return model, description
 
 
+def torch_plans(precisions, compile_model: bool = False) -> list[tuple[str, str]]:
+    """The PyTorch rows of a benchmark: eager FP32 always, eager BF16 autocast when bf16 rows are measured
+    (what a user gets from a one-line change), torch.compile FP32 when asked."""
+    plans = [("torch-eager", "fp32")]
+    if "bf16" in precisions:
+        plans.append(("torch-eager", "bf16"))
+    if compile_model:
+        plans.append(("torch-compile", "fp32"))
+    return plans
+
+
 class TorchRunner:
-    """One graph of the model in PyTorch eager mode, with the backends' `infer` / `last_latency_ms` shape."""
+    """One graph of the model in PyTorch, with the backends' `infer` / `last_latency_ms` shape.
 
-    kind = "torch-eager"
-    precision = "fp32"
+    precision "bf16" runs under ``torch.autocast("cpu", torch.bfloat16)`` (the one-line change a
+    user makes); ``compiled`` wraps the encoder in ``torch.compile`` (the first call compiles, so
+    the benchmark gives it one extra warm-up run).
+    """
 
-    def __init__(self, model: ts2net.TS2Net, graph: str, threads: int | None = None):
+    def __init__(self, model: ts2net.TS2Net, graph: str, threads: int | None = None, precision: str = "fp32",
+                 compiled: bool = False):
         if graph not in ("text", "video"):
             raise ValueError(f"graph={graph!r}: expected 'text' or 'video'")
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision={precision!r}: the torch baseline runs fp32 or bf16 (autocast)")
         if threads:
             torch.set_num_threads(threads)
-        self.model, self.graph = model, graph
+        self.model, self.graph, self.precision = model, graph, precision
+        self.kind = "torch-compile" if compiled else "torch-eager"
+        encode = model.encode_text if graph == "text" else model.encode_video
+        self._encode = torch.compile(encode) if compiled else encode
         self.last_latency_ms: float | None = None
 
     def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feed.items()}
         start = time.perf_counter()
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             if self.graph == "text":
-                out = {"text_embeds": self.model.encode_text(tensors["input_ids"])}
+                out = {"text_embeds": self._encode(tensors["input_ids"])}
             else:
-                frames, indices = self.model.encode_video(tensors["frames"], tensors["frame_mask"])
+                frames, indices = self._encode(tensors["frames"], tensors["frame_mask"])
                 out = {"frame_embeds": frames} if indices is None else {"frame_embeds": frames, "patch_indices": indices}
         self.last_latency_ms = (time.perf_counter() - start) * 1e3
-        return {k: v.numpy() for k, v in out.items()}
+        return {k: (v.float() if v.is_floating_point() else v).numpy() for k, v in out.items()}
 
     def load(self) -> "TorchRunner":
         return self
@@ -96,13 +115,15 @@ class TorchRunner:
 
 
 def matmul_peak(sizes: tuple[int, ...], threads: int | None = None, min_runs: int = 3,
-                min_seconds: float = 0.3) -> dict[str, Any]:
-    """GFLOP/s of torch.matmul on square FP32 matrices: the attainable peak of torch's own CPU kernels."""
+                min_seconds: float = 0.3, dtype: str = "fp32") -> dict[str, Any]:
+    """GFLOP/s of torch.matmul on square FP32 (or BF16, oneDNN / AMX) matrices: the attainable peak of
+    torch's own CPU kernels for that precision."""
     if threads:
         torch.set_num_threads(threads)
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
     per_size = {}
     for n in sizes:
-        a, b = torch.randn(n, n), torch.randn(n, n)
+        a, b = torch.randn(n, n).to(torch_dtype), torch.randn(n, n).to(torch_dtype)
         with torch.inference_mode():  # best of >= 3 runs: the first (cold) one is discarded by the min
             best, runs, spent = float("inf"), 0, 0.0
             while runs < min_runs or (spent < min_seconds and runs < 50):
@@ -111,7 +132,8 @@ def matmul_peak(sizes: tuple[int, ...], threads: int | None = None, min_runs: in
                 elapsed = time.perf_counter() - start
                 best, runs, spent = min(best, elapsed), runs + 1, spent + elapsed
         per_size[str(n)] = 2 * n ** 3 / best / 1e9
-    return {"library": f"torch {torch.__version__} matmul (CPU)", "dtype": "float32", "threads": threads,
+    return {"library": f"torch {torch.__version__} matmul (CPU)", "dtype": str(torch_dtype).split(".")[-1],
+            "threads": threads,
             "gflops_by_size": per_size, "best_gflops": max(per_size.values())}
 
 
@@ -121,11 +143,14 @@ class EagerBaseline:
     def __init__(self, model: ts2net.TS2Net):
         self.model = model
 
-    def matmul_peak(self, sizes: tuple[int, ...], threads: int | None) -> dict[str, Any]:
-        return matmul_peak(sizes, threads)
+    def plans(self, precisions, compiled: bool = False) -> list[tuple[str, str]]:
+        return torch_plans(precisions, compiled)
 
-    def runner(self, graph: str, threads: int | None) -> TorchRunner:
-        return TorchRunner(self.model, graph, threads)
+    def matmul_peak(self, sizes: tuple[int, ...], threads: int | None, dtype: str = "fp32") -> dict[str, Any]:
+        return matmul_peak(sizes, threads, dtype=dtype)
+
+    def runner(self, graph: str, threads: int | None, precision: str = "fp32", compiled: bool = False) -> TorchRunner:
+        return TorchRunner(self.model, graph, threads, precision=precision, compiled=compiled)
 
 
 def baseline_loader(checkpoint: str | Path | None = None):

@@ -23,7 +23,10 @@ from .gpu import tensorrt_status
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("ort-cpu", "ort-cuda", "tensorrt")
+BACKENDS = ("ort-cpu", "ort-cuda", "tensorrt", "openvino")
+# precisions each backend can be asked for (TensorRT: the one its engine was built with)
+BACKEND_PRECISIONS = {"ort-cpu": ("fp32", "fp16", "int8"), "ort-cuda": ("fp32", "fp16", "int8"),
+                      "tensorrt": ("fp16",), "openvino": ("fp32", "bf16", "int8")}
 
 ORT_GPU_INSTALL_HINT = ("install `onnxruntime-gpu` instead of `onnxruntime` (pip uninstall onnxruntime; "
                         "pip install 'ts2net-deploy[gpu]'), with the CUDA and cuDNN versions it was built for")
@@ -219,7 +222,7 @@ def ort_cuda_status() -> tuple[bool, str]:
 
 
 class OrtBackend(Backend):
-    """A bundle graph in ONNX Runtime, FP32 or FP16 graph, on CPU or CUDA."""
+    """A bundle graph in ONNX Runtime, FP32, FP16 or INT8 graph, on CPU or CUDA."""
 
     def __init__(self, bundle: Bundle, graph: str, precision: str = "fp32", device: str = "cpu",
                  threads: int | None = None):
@@ -227,6 +230,13 @@ class OrtBackend(Backend):
             raise ValueError(f"device={device!r}: expected 'cpu' or 'cuda'")
         if threads is not None and threads < 1:
             raise ValueError(f"threads={threads}: must be >= 1 (or None for ONNX Runtime's default)")
+        if precision == "bf16":
+            raise BackendUnavailable("ONNX Runtime has no bf16 path for these graphs (its CPU kernels have no BF16 "
+                                     "GEMM): bf16 is an OpenVINO inference hint, use --backend openvino")
+        if precision == "int8" and not bundle.has_graph(graph, "int8"):
+            raise BackendUnavailable(f"ort-{device} int8 cannot run: {bundle.path} has no int8 {graph} graph "
+                                     f"(graphs.{graph}.int8 missing from the manifest); add one with `ts2net quantize "
+                                     f"--bundle {bundle.path}`")
         super().__init__(bundle, graph, precision)
         self.device = device
         self.kind = f"ort-{device}"
@@ -470,6 +480,9 @@ def available_backends(bundle: Bundle | None = None) -> list[BackendStatus]:
         statuses.append(BackendStatus("tensorrt", not problems, reason))
     else:
         statuses.append(BackendStatus("tensorrt", False, reason))
+    from .openvino_backend import precision_status
+
+    statuses.append(BackendStatus("openvino", *precision_status("fp32")))
     return statuses
 
 
@@ -488,8 +501,9 @@ def create_backend(bundle: Bundle | str | os.PathLike, graph: str, backend: str 
                    precision: str | None = None, threads: int | None = None) -> Backend:
     """A backend for one graph of a bundle (not loaded yet; `with` it or call load()).
 
-    precision: "fp32" or "fp16" graph for ONNX Runtime (default fp32). TensorRT runs the precision
-    its engine was built with (fp16); asking it for another one is an error, not a silent swap.
+    precision: "fp32", "fp16" or "int8" graph for ONNX Runtime; "fp32", "bf16" (inference hint on the
+    FP32 graph) or "int8" for OpenVINO (default fp32). TensorRT runs the precision its engine was
+    built with (fp16); asking it for another one is an error, not a silent swap.
     """
     if not isinstance(bundle, Bundle):
         bundle = open_bundle(bundle)
@@ -497,6 +511,10 @@ def create_backend(bundle: Bundle | str | os.PathLike, graph: str, backend: str 
         raise ValueError(f"graph={graph!r}: expected 'text' or 'video'")
     if backend in ("ort-cpu", "ort-cuda"):
         return OrtBackend(bundle, graph, precision or "fp32", device=backend[4:], threads=threads)
+    if backend == "openvino":
+        from .openvino_backend import OpenVINOBackend
+
+        return OpenVINOBackend(bundle, graph, precision or "fp32", threads=threads)
     if backend == "tensorrt":
         result = TensorRTBackend(bundle, graph)
         if precision is not None and precision != result.precision:

@@ -95,6 +95,9 @@ class Bundle:
                 files[entry["file"]] = f"graphs.{graph}.{precision}"
                 if "external_data" in entry:
                     files[entry["external_data"]["file"]] = f"graphs.{graph}.{precision}.external_data"
+                if "openvino_ir" in entry:
+                    files[entry["openvino_ir"]["file"]] = f"graphs.{graph}.{precision}.openvino_ir"
+                    files[entry["openvino_ir"]["weights"]["file"]] = f"graphs.{graph}.{precision}.openvino_ir.weights"
         for graph, entry in (self._manifest.get("engines") or {}).items():
             files[entry["file"]] = f"engines.{graph}"
         if self._manifest.get("reference"):
@@ -114,6 +117,9 @@ class Bundle:
                 yield entry
                 if "external_data" in entry:
                     yield entry["external_data"]
+                if "openvino_ir" in entry:
+                    yield entry["openvino_ir"]
+                    yield entry["openvino_ir"]["weights"]
         yield from (self._manifest.get("engines") or {}).values()
         if self._manifest.get("reference"):
             yield self._manifest["reference"]
@@ -162,6 +168,16 @@ class Bundle:
         if "external_data" in entry:
             self.verify_file(entry["external_data"]["file"])
         return self.verify_file(entry["file"])
+
+    def has_graph(self, graph: str, precision: str) -> bool:
+        return precision in self._manifest["graphs"].get(graph, {})
+
+    def openvino_ir_paths(self, graph: str, precision: str) -> tuple[Path, Path] | None:
+        """Verified (model .xml, weights .bin) of a graph's OpenVINO IR form, None when it has none."""
+        ir = self.graph_entry(graph, precision).get("openvino_ir")
+        if not ir:
+            return None
+        return self.verify_file(ir["file"]), self.verify_file(ir["weights"]["file"])
 
     def inputs(self, graph: str, precision: str = "fp32") -> list[Mapping[str, Any]]:
         return list(self.graph_entry(graph, precision)["inputs"])

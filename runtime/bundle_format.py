@@ -24,7 +24,14 @@ TOKENIZER_FILE = "tokenizer.json"
 REFERENCE_FILE = "reference.npz"
 VALIDATION_FILE = "validation.md"
 GRAPHS = ("text", "video")
-PRECISIONS = ("fp32", "fp16")
+# Precisions that have graph files. bf16 has none: it is an OpenVINO inference hint on the fp32 graph.
+PRECISIONS = ("fp32", "fp16", "int8")
+#: The graphs every export writes and validates first (FP32 must pass for the bundle to be valid);
+#: the INT8 graphs come after, and only if they pass their own gates (export/int8.py).
+CORE_PRECISIONS = ("fp32", "fp16")
+#: Keys of the manifest's "parity" section beyond the graph precisions: the bf16 row, the INT8
+#: OpenVINO IR row and the real-data gate outcomes recorded by `ts2net parity --csv --videos`.
+PARITY_BF16, PARITY_INT8_OPENVINO, PARITY_REAL_DATA = "bf16", "int8_openvino", "real_data"
 DTYPES = ("float32", "float16", "int64", "int32", "bool")
 
 # Sections the runtime reads; an exporter that leaves one out wrote a bundle we cannot serve.
@@ -50,6 +57,11 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 def graph_file(graph: str, precision: str) -> str:
     """File name of an ONNX graph in a bundle: text.onnx, video.fp16.onnx, ..."""
     return f"{graph}.onnx" if precision == "fp32" else f"{graph}.{precision}.onnx"
+
+
+def openvino_ir_files(graph: str, precision: str = "int8") -> tuple[str, str]:
+    """File names of a graph's OpenVINO IR (model, weights) in a bundle: video.int8.xml, video.int8.bin."""
+    return f"{graph}.{precision}.xml", f"{graph}.{precision}.bin"
 
 
 def engine_file(graph: str) -> str:
@@ -167,6 +179,11 @@ def schema_problems(manifest: Any) -> list[str]:
                     _check_tensor_list(f"{where}.outputs", entry.get("outputs"), problems)
                     if "external_data" in entry:
                         _check_file_entry(f"{where}.external_data", entry["external_data"], problems)
+                    if "openvino_ir" in entry:
+                        ir = entry["openvino_ir"]
+                        _check_file_entry(f"{where}.openvino_ir", ir, problems)
+                        if isinstance(ir, Mapping):
+                            _check_file_entry(f"{where}.openvino_ir.weights", ir.get("weights"), problems)
     engines = manifest.get("engines")
     if engines is not None and not isinstance(engines, Mapping):
         problems.append("engines: expected an object keyed by graph name")

@@ -324,7 +324,7 @@ def index_bundle(index: VideoIndex, bundle_dir=None):
 
 
 def search_index(index: VideoIndex, queries: Sequence[str], k: int = 10, *, bundle_dir=None,
-                 backend: str = "ort-cpu", batch_size: int = 16, engine: Optional[str] = None) -> list[dict[str, Any]]:
+                 backend: str = "auto", batch_size: int = 16, engine: Optional[str] = None) -> list[dict[str, Any]]:
     """Rank the indexed videos for each query by the TS2-Net similarity (logit-scaled scores).
 
     The bundle defaults to the one recorded in the index; its id must match the index's.
@@ -343,6 +343,13 @@ def search_index(index: VideoIndex, queries: Sequence[str], k: int = 10, *, bund
             log.warning("query %s: %s", number, query_warning(query))
     bundle = index_bundle(index, bundle_dir)
     path = bundle.path
+    if backend == "auto":  # the index's own backend, else the fastest gated one of the index's precision
+        from .path_choice import gated_precisions, resolve
+
+        backend = index.meta["backend"]
+        if (backend, index.meta["precision"]) not in gated_precisions(bundle, require_real_data=True) and \
+                not backend.startswith(("ort-cuda", "tensorrt")):
+            backend = resolve(bundle, None, index.meta["precision"])[0]
     with BundleEncoder(bundle, backend=backend, precision=index.meta["precision"], batch_size=batch_size) as enc:
         text = np.asarray(enc.encode_texts(list(queries)), np.float32)
     from .search import Searcher, hits_json

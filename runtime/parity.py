@@ -20,6 +20,15 @@ THRESHOLDS: dict[str, dict[str, float]] = {
     "fp16": {"cosine_mean": 0.999, "cosine_min": 0.99, "selection_agreement": 0.98,
              "top1_agreement": 0.98, "r1_delta_abs": 0.5},
 }
+# BF16 (OpenVINO hint on the FP32 graph) and INT8 (quantized graphs): the embeddings and token
+# selection are gated on the reference inputs; the retrieval answers are gated on real data only
+# (`real_*` keys, `ts2net parity --csv --videos`): top-1 video identical to FP32 for >= 97% of the
+# queries and |delta R@1|, |delta R@5| <= 1 point, text-to-video and video-to-text. Six reference
+# captions are too few for a top-1 rate (one flip is 17%), so no top-1 gate applies to them.
+REDUCED_PRECISION_ROW = {"cosine_mean": 0.995, "cosine_min": 0.99, "selection_agreement": 0.95,
+                         "real_top1_agreement": 0.97, "real_r1_delta_abs": 1.0, "real_r5_delta_abs": 1.0}
+THRESHOLDS["bf16"] = dict(REDUCED_PRECISION_ROW)
+THRESHOLDS["int8"] = dict(REDUCED_PRECISION_ROW)
 
 
 @dataclass

@@ -47,9 +47,7 @@ def check_real_data(bundle, encoder, annotations: Path, videos: Path, limit: int
     """Encode real captions and videos with the backend and with the stand-in reference; compare."""
     from . import datasets
     from .encoder import BundleEncoder, decode_videos
-    from .frame_similarity import similarity
-    from .metrics import retrieval_metrics
-    from .parity import THRESHOLDS, compare_outputs
+    from .parity import compare_outputs
 
     rs = datasets.load_retrieval_set(annotations, videos, subsets=False, allow_missing=True)
     if limit is not None and limit < len(rs.video_ids):
@@ -98,20 +96,48 @@ def check_real_data(bundle, encoder, annotations: Path, videos: Path, limit: int
         if not same:
             reference.close()
     result = compare_outputs(expected, produced, row, **bundle.similarity_args)
-    gt = rs.caption_video
-    sims = [similarity(d["text_embeds"], d["frame_embeds"], d["frame_mask"], **bundle.similarity_args)
-            for d in (expected, produced)]
-    metrics = [retrieval_metrics(s, gt) for s in sims]
-    delta = metrics[1]["R1"] - metrics[0]["R1"]
-    figures = {"t2v_reference": metrics[0], "t2v_backend": metrics[1], "r1_delta_points": delta,
-               "top1_agreement": float(np.mean(sims[0].argmax(1) == sims[1].argmax(1)))}
-    failures = [f"real data: {f}" for f in result.failures]
-    limit_delta = THRESHOLDS[row].get("r1_delta_abs")
-    if limit_delta is not None and abs(delta) > limit_delta:
-        failures.append(f"real data: |R@1 delta| {abs(delta):.2f} points > {limit_delta}")
+    figures, failures = retrieval_gates(expected, produced, rs.caption_video, row, bundle.similarity_args)
+    failures = [f"real data: {f}" for f in result.failures + failures]
     data.update({"comparison": result.to_dict(), "retrieval": figures, "failures": failures})
     data["markdown"] = result.to_markdown(f"Real data: {encoder.backend_name} vs FP32 ONNX Runtime CPU")
     return data
+
+
+def retrieval_gates(expected: dict[str, np.ndarray], produced: dict[str, np.ndarray], caption_video: np.ndarray,
+                    row: str, similarity_args: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Retrieval figures of the backend vs the reference on real data, and the failures of `row`'s gates.
+
+    Both directions are measured: text-to-video (each caption ranks the videos) and video-to-text
+    (each video ranks the captions, its best own caption counts). Top-1 agreement is the share of
+    queries whose first answer is the same item for both. The fp16 row gates t2v |dR@1| only; the
+    bf16 / int8 rows gate top-1 agreement, |dR@1| and |dR@5| in both directions (parity.THRESHOLDS).
+    """
+    from .frame_similarity import similarity
+    from .metrics import retrieval_metrics, v2t_metrics
+    from .parity import THRESHOLDS
+
+    sims = [similarity(d["text_embeds"], d["frame_embeds"], d["frame_mask"], **similarity_args)
+            for d in (expected, produced)]
+    t2v = [retrieval_metrics(s, caption_video) for s in sims]
+    v2t = [v2t_metrics(s, caption_video) for s in sims]
+    figures = {"t2v_reference": t2v[0], "t2v_backend": t2v[1], "v2t_reference": v2t[0], "v2t_backend": v2t[1],
+               "r1_delta_points": t2v[1]["R1"] - t2v[0]["R1"], "r5_delta_points": t2v[1]["R5"] - t2v[0]["R5"],
+               "v2t_r1_delta_points": v2t[1]["R1"] - v2t[0]["R1"], "v2t_r5_delta_points": v2t[1]["R5"] - v2t[0]["R5"],
+               "top1_agreement": float(np.mean(sims[0].argmax(1) == sims[1].argmax(1))),
+               "v2t_top1_agreement": float(np.mean(sims[0].argmax(0) == sims[1].argmax(0)))}
+    limits = THRESHOLDS[row]
+    failures = []
+    if "r1_delta_abs" in limits and abs(figures["r1_delta_points"]) > limits["r1_delta_abs"]:
+        failures.append(f"|R@1 delta| {abs(figures['r1_delta_points']):.2f} points > {limits['r1_delta_abs']}")
+    for direction, prefix in (("t2v", ""), ("v2t", "v2t_")):
+        for k in ("1", "5"):
+            bound, delta = limits.get(f"real_r{k}_delta_abs"), figures[f"{prefix}r{k}_delta_points"]
+            if bound is not None and abs(delta) > bound:
+                failures.append(f"{direction} |R@{k} delta| {abs(delta):.2f} points > {bound}")
+        bound, top1 = limits.get("real_top1_agreement"), figures[f"{prefix}top1_agreement"]
+        if bound is not None and top1 < bound:
+            failures.append(f"{direction} top-1 identical to FP32 for {top1:.2%} of queries < {bound:.0%}")
+    return figures, failures
 
 
 def render_markdown(report: dict[str, Any], reference_md: str) -> str:
@@ -132,13 +158,16 @@ def render_markdown(report: dict[str, Any], reference_md: str) -> str:
             lines += [f"Note: {real['note']}.", ""]
         if "retrieval" in real:
             r = real["retrieval"]
-            lines += ["| t2v | R@1 | R@5 | R@10 | MdR | MnR |", "|---|---|---|---|---|---|"]
-            for label, key in (("reference", "t2v_reference"), ("backend", "t2v_backend")):
-                m = r[key]
-                lines.append(f"| {label} | {m['R1']:.2f} | {m['R5']:.2f} | {m['R10']:.2f} | {m['MdR']:g} | "
-                             f"{m['MnR']:.2f} |")
-            lines += ["", f"R@1 delta: {r['r1_delta_points']:+.2f} points; top-1 video agreement: "
-                      f"{r['top1_agreement']:.2%}.", "", real.get("markdown", "")]
+            lines += ["| direction | model | R@1 | R@5 | R@10 | MdR | MnR |", "|---|---|---|---|---|---|---|"]
+            for direction in ("t2v", "v2t"):
+                for label in ("reference", "backend"):
+                    m = r[f"{direction}_{label}"]
+                    lines.append(f"| {direction} | {label} | {m['R1']:.2f} | {m['R5']:.2f} | {m['R10']:.2f} | "
+                                 f"{m['MdR']:g} | {m['MnR']:.2f} |")
+            lines += ["", f"t2v: R@1 delta {r['r1_delta_points']:+.2f}, R@5 delta {r['r5_delta_points']:+.2f} points, "
+                      f"top-1 identical {r['top1_agreement']:.2%}; v2t: R@1 delta {r['v2t_r1_delta_points']:+.2f}, "
+                      f"R@5 delta {r['v2t_r5_delta_points']:+.2f} points, top-1 identical "
+                      f"{r['v2t_top1_agreement']:.2%}.", "", real.get("markdown", "")]
         if real["skipped_videos"]:
             lines += [f"{len(real['skipped_videos'])} unreadable video(s) skipped with their captions:", ""]
             lines += [f"- `{s['path']}`: {s['reason']}" for s in real["skipped_videos"]]
@@ -150,8 +179,12 @@ def render_markdown(report: dict[str, Any], reference_md: str) -> str:
 def run_parity(bundle_dir: Path, backend: str, precision: str | None, annotations: Path | None,
                videos: Path | None, limit: int | None, out_dir: Path, batch_size: int = 16,
                threads: int | None = None, workers: int = 0,
-               progress: bool = True) -> tuple[dict[str, Any], Path, Path]:
-    """Both checks on one backend; writes parity.{json,md} into `out_dir`; (report, json path, md path)."""
+               progress: bool = True, record: bool = True) -> tuple[dict[str, Any], Path, Path]:
+    """Both checks on one backend; writes parity.{json,md} into `out_dir`; (report, json path, md path).
+
+    record: write the real-data gate outcome into the bundle's manifest (runtime/gate_record.py), so
+    the default path of `ts2net index` / `search` never stays on a path that failed on real data.
+    """
     from .bundle import open_bundle
     from .encoder import BundleEncoder
     from .reports import environment, write_report
@@ -175,5 +208,23 @@ def run_parity(bundle_dir: Path, backend: str, precision: str | None, annotation
     markdown = render_markdown(report, reference.to_markdown(f"{backend} vs PyTorch FP32"))
     if real is not None:
         real.pop("markdown", None)
+    if real is not None and record and "retrieval" in real:
+        from .gate_record import record_real_data_gate
+
+        try:
+            record_real_data_gate(bundle.path, backend, row, real)
+            report["recorded_in_manifest"] = True
+        except OSError as exc:  # a read-only bundle: the report still has every figure
+            report["recorded_in_manifest"] = f"not recorded: {exc}"
     json_path, md_path = write_report(out_dir, "parity", report, markdown)
     return report, json_path, md_path
+
+
+def write_skipped_report(bundle_dir: Path, backend: str, precision: str | None, reason: str,
+                         out_dir: Path) -> tuple[Path, Path]:
+    """The report of a parity run this machine cannot do (e.g. bf16 without BF16): the reason, no figures."""
+    from .reports import environment, write_report
+
+    report = {"command": "parity", "passed": None, "skipped": reason, "backend": backend, "precision": precision,
+              "bundle": {"path": str(Path(bundle_dir).resolve())}, "environment": environment()}
+    return write_report(out_dir, "parity", report, f"# Parity: {backend} ({precision}): not run here\n\n{reason}\n")

@@ -91,26 +91,54 @@ def build_summary(bundle: Path, reports: Path, ablations_path: Path | None) -> t
     manifest = json.loads((bundle / MANIFEST_NAME).read_text())
     evaluation = latest_json(reports / "eval", "eval-")
     bench = latest_json(reports / "bench", "")
-    parity = {p: latest_json(reports / f"parity-{p}", "") for p in ("fp32", "fp16")}
+    parity = {p: latest_json(reports / f"parity-{p}", "") for p in ("fp32", "fp16", "bf16", "int8", "int8-ort")}
     ablations = json.loads(ablations_path.read_text()) if ablations_path and ablations_path.is_file() else None
     data = {"kind": "ts2net-demo-summary", "model": manifest["model"]["name"],
             "source_checkpoint": manifest["source_checkpoint"], "export_parity": manifest["parity"],
             "runtime_parity": {p: (r or {}).get("passed") for p, r in parity.items()},
             "eval": {"metrics": evaluation["metrics"], "subsets": evaluation.get("subsets"),
                      "pairs": evaluation.get("pairs"), "dataset": evaluation["dataset"]} if evaluation else None,
-            "bench": {"results": bench.get("results"), "ratios": bench.get("ratios"), "peaks": bench.get("peaks")}
+            "bench": {"results": bench.get("results"), "ratios": bench.get("ratios"), "peaks": bench.get("peaks"),
+                      "fastest_gated": bench.get("fastest_gated"), "uptime": bench.get("uptime")}
             if bench else None,
             "ablations": ablations}
     md = [f"# ts2net-deploy demo: `{data['model']}`", "",
           f"Source: {manifest['source_checkpoint']['name']}. Bundle: `{bundle}` (valid: {manifest['valid']}).", "",
           "## Parity: ONNX graphs vs PyTorch FP32 (export validation, ONNX Runtime CPU)", "",
-          "| graph precision | text cos min | frame cos min | max abs err (frames) | selection agreement | "
-          "top-1 agreement | passed |", "|---|---|---|---|---|---|---|"]
+          "bf16 and int8 rows: OpenVINO (bf16 hint on the FP32 graphs; NNCF INT8 IR) and ONNX Runtime (INT8 graph).", "",
+          "| row | backend | text cos min / mean | frame cos min / mean | max abs err (frames) | selection agreement | "
+          "top-1 agreement | passed |", "|---|---|---|---|---|---|---|---|"]
     for precision, entry in manifest["parity"].items():
+        if precision == "real_data":  # gate records of `ts2net parity --csv --videos`: the section below
+            continue
+        if entry.get("skipped"):
+            md.append(f"| {precision} | {entry.get('backend', '')} | not measured: {entry['skipped']} | | | | | - |")
+            continue
         f = entry["figures"]
-        md.append(f"| {precision} | {f['text_embeds']['cosine_min']:.7f} | {f['frame_embeds']['cosine_min']:.7f} | "
-                  f"{f['frame_embeds']['max_abs_err']:.2e} | {f.get('patch_indices', {}).get('agreement', float('nan')):.4f} | "
+        means = [f"{f[o]['cosine_mean']:.7f}" if "cosine_mean" in f[o] else "-" for o in ("text_embeds", "frame_embeds")]
+        md.append(f"| {precision} | {entry.get('backend', '-')} | {f['text_embeds']['cosine_min']:.7f} / {means[0]} | "
+                  f"{f['frame_embeds']['cosine_min']:.7f} / {means[1]} | {f['frame_embeds']['max_abs_err']:.2e} | "
+                  f"{f.get('patch_indices', {}).get('agreement', float('nan')):.4f} | "
                   f"{f['similarity']['top1_agreement']:.2%} | {entry['passed']} |")
+    real = {p: r for p, r in parity.items() if r and p in ("bf16", "int8", "int8-ort")}
+    if real:
+        md += ["", "## Accuracy gates on real data (`ts2net parity --csv --videos`, vs the FP32 graph)", "",
+               "Gates: top-1 identical to FP32 for >= 97% of queries, |dR@1| and |dR@5| <= 1.0 point, both directions.",
+               "", "| precision | backend | t2v top-1 identical | t2v dR@1 | t2v dR@5 | v2t top-1 identical | v2t dR@1 | "
+               "v2t dR@5 | t2v R@1 FP32 / row | passed |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for key, report in real.items():
+            precision = report.get("precision") or key
+            if report.get("skipped"):
+                md.append(f"| {precision} | {report['backend']} | not run here: {report['skipped']} | | | | | | | - |")
+                continue
+            r = (report.get("real_data") or {}).get("retrieval")
+            if not r:
+                md.append(f"| {precision} | {report['backend']} | no real-data check | | | | | | | {report['passed']} |")
+                continue
+            md.append(f"| {precision} | {report['backend']} | {r['top1_agreement']:.2%} | {r['r1_delta_points']:+.2f} | "
+                      f"{r['r5_delta_points']:+.2f} | {r['v2t_top1_agreement']:.2%} | {r['v2t_r1_delta_points']:+.2f} | "
+                      f"{r['v2t_r5_delta_points']:+.2f} | {r['t2v_reference']['R1']:.1f} / {r['t2v_backend']['R1']:.1f} | "
+                      f"{report['passed']} |")
     if evaluation:
         md += ["", f"## Retrieval ({evaluation['dataset']['n_captions_evaluated']} captions x "
                    f"{evaluation['dataset']['n_videos_evaluated']} videos, ONNX Runtime CPU, FP32 graph)", "",
@@ -135,9 +163,19 @@ def build_summary(bundle: Path, reports: Path, ablations_path: Path | None) -> t
             md.append(f"| {row['graph']} | {row['backend']} | {row['precision']} | {row['batch']} | {row['p50_ms']:.2f} | "
                       f"{row['items_per_s']:.1f} | {row.get('gflops') or float('nan'):.1f} | "
                       f"{row.get('pct_of_peak') or float('nan'):.0f} |")
+        if bench.get("fastest_gated"):
+            md += ["", "Fastest gated path vs what a user would run instead (same run):", "",
+                   "| graph | batch | path | p50 ms | vs torch eager FP32 | vs torch eager BF16 autocast |",
+                   "|---|---|---|---|---|---|"]
+            for r in bench["fastest_gated"]:
+                vs = [f"{r[k]:.2f}x" if r.get(k) else "-" for k in ("vs_torch_eager_fp32", "vs_torch_eager_bf16")]
+                md.append(f"| {r['graph']} | {r['batch']} | {r['backend']} {r['precision']} | {r['p50_ms']:.2f} | "
+                          f"{vs[0]} | {vs[1]} |")
         if bench.get("ratios"):
             md += ["", "| ratio | graph | batch | value |", "|---|---|---|---|"]
             md += [f"| {r['ratio']} | {r['graph']} | {r['batch']} | {r['value']:.2f} |" for r in bench["ratios"]]
+        if bench.get("uptime"):
+            md += ["", f"Machine load during the benchmark (`uptime`): `{bench['uptime']}`."]
     return data, "\n".join(md) + "\n"
 
 

@@ -15,10 +15,15 @@ os.environ["TS2NET_DEFAULT_MODEL"] = "builtin-tiny"
 @pytest.fixture(scope="session")
 def tiny_export(tmp_path_factory):
     """The fixed-seed tiny model exported ONCE per session (an ExportResult); do not modify its files:
-    tests that damage a bundle work on a copy."""
+    tests that damage a bundle work on a copy. Its INT8 graphs are calibrated on the embedded
+    benchmark, as `ts2net export` does by default."""
+    from functools import partial
+
+    from cli.calibration import embedded_benchmark_source
     from export.exporter import export_bundle
 
-    return export_bundle(tmp_path_factory.mktemp("tiny-bundle"), progress=False)
+    return export_bundle(tmp_path_factory.mktemp("tiny-bundle"), progress=False,
+                         calibration_source=partial(embedded_benchmark_source, progress=False))
 
 
 @pytest.fixture(scope="session")

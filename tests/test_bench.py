@@ -81,6 +81,9 @@ def test_ratios_come_from_the_same_rows():
 
 
 def test_bench_command_writes_json_markdown_and_chart(bundle_dir, tmp_path):
+    """Every PyTorch option and every deployed backend x precision in one run, each with its own peak."""
+    from runtime.openvino_backend import precision_status
+
     out = tmp_path / "bench"
     result = CliRunner().invoke(bench_command, [
         "--bundle", str(bundle_dir), "--batch-sizes", "1,2", "--warmup", "1", "--iters", "3",
@@ -88,21 +91,37 @@ def test_bench_command_writes_json_markdown_and_chart(bundle_dir, tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads((out / "bench.json").read_text())
     configs = {(r["graph"], r["backend"], r["precision"], r["batch"]) for r in report["results"]}
-    expected = {(g, b, p, n) for g in ("text", "video") for b, p in
-                (("ort-cpu", "fp32"), ("ort-cpu", "fp16"), ("torch-eager", "fp32")) for n in (1, 2)}
+    bf16 = precision_status("bf16")[0]
+    paths = [("ort-cpu", "fp32"), ("ort-cpu", "fp16"), ("ort-cpu", "int8"), ("openvino", "fp32"),
+             ("openvino", "int8"), ("torch-eager", "fp32"), ("torch-eager", "bf16")] + ([("openvino", "bf16")] if bf16
+                                                                                         else [])
+    expected = {(g, b, p, n) for g in ("text", "video") for b, p in paths for n in (1, 2)}
     assert configs == expected
     peak = report["peaks"]["ort-cpu"]["fp32"]
     assert set(peak["gflops_by_size"]) == {"128", "256"} and peak["best_gflops"] > 0
-    assert report["peaks"]["torch-eager"]["fp32"]["best_gflops"] > 0
+    for backend, precision in paths:  # each row's peak is its own precision's, measured in this run
+        if (backend, precision) != ("ort-cpu", "fp16"):
+            assert report["peaks"][backend][precision]["best_gflops"] > 0, (backend, precision)
+    assert report["peaks"]["ort-cpu"]["int8"]["dtype"].startswith("uint8 x int8")
     for row in report["results"]:
         assert 0 < row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"]
         assert row["gflops"] > 0 and row["pct_of_peak"] > 0 and row["items_per_s"] > 0
-    assert any(r["ratio"].startswith("torch eager") for r in report["ratios"])
-    assert {s["backend"] for s in report["skipped"]} <= {"ort-cuda", "tensorrt"}
+    keys = {(r["ratio"], r["graph"], r["batch"]) for r in report["ratios"]}
+    for graph in ("text", "video"):
+        for backend, precision in paths:
+            if backend != "torch-eager":
+                for base in ("fp32", "bf16"):
+                    assert (f"torch eager {base} / {backend} {precision}", graph, 1) in keys
+    fastest = {(r["graph"], r["batch"]): r for r in report["fastest_gated"]}
+    assert set(fastest) == {(g, n) for g in ("text", "video") for n in (1, 2)}
+    assert all(r["vs_torch_eager_fp32"] > 0 and r["vs_torch_eager_bf16"] > 0 for r in fastest.values())
+    assert {s["backend"] for s in report["skipped"]} <= {"ort-cuda", "tensorrt", "torch-compile", "openvino bf16"}
     assert report["flops_per_item"]["video"] == model_flops(report["bundle"]["config"], "video")
+    assert report["uptime"] is None or "load average" in report["uptime"]
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     markdown = (out / "bench.md").read_text()
-    assert "% of peak" in markdown and "torch eager fp32 / ort-cpu fp32" in markdown
+    assert "% of peak" in markdown and "vs torch-eager fp32 | vs torch-eager bf16" in markdown
+    assert "Fastest gated path" in markdown
 
 
 def test_bench_rejects_unknown_backends(bundle_dir):

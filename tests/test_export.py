@@ -101,7 +101,7 @@ def test_official_checkpoint_through_cli(tmp_path):
     ckpt = tmp_path / "pytorch_model.bin.2"
     torch.save(official_state_dict(random_model(cfg)), ckpt)
     result = CliRunner().invoke(cli, ["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "b"),
-                                      "--max-frames", "8"])
+                                      "--max-frames", "8", "--no-int8"])
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert manifest["valid"] and manifest["similarity"]["frame_mask_mode"] == "official"
@@ -239,7 +239,7 @@ def test_meanp_baseline_exports_and_validates(tmp_path):
                        token_shift=False)
     ckpt = tmp_path / "pytorch_model.bin.0"
     torch.save(official_state_dict(random_model(cfg)), ckpt)
-    result = CliRunner().invoke(cli, ["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "b")])
+    result = CliRunner().invoke(cli, ["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "b"), "--no-int8"])
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert manifest["valid"] and manifest["model"]["sim_header"] == "meanP"

@@ -67,7 +67,8 @@ def test_runtime_and_its_cli_run_without_torch(bundle_dir, tmp_path):
     parity = json.loads((tmp_path / "parity" / "parity.json").read_text())
     assert parity["passed"] and parity["backend"] == "ort-cpu"
     bench = json.loads((tmp_path / "bench" / "bench.json").read_text())
-    assert {r["backend"] for r in bench["results"]} == {"ort-cpu"}
+    measured = {r["backend"] for r in bench["results"]}  # the deployed backends, no PyTorch row without torch
+    assert "ort-cpu" in measured and measured <= {"ort-cpu", "openvino"}
     assert "not importable" in bench["torch_baseline"]
     assert any(s["backend"] == "torch-eager" for s in bench["skipped"])
 

@@ -53,7 +53,7 @@ def test_summary_reads_manifest_and_reports(tmp_path):
     data, markdown = build_summary(bundle, reports, None)
     assert data["eval"]["metrics"]["t2v"]["R1"] == 42.0
     assert "| t2v | 42.0 |" in markdown and "| motion subset t2v | 12.0 |" in markdown
-    assert "| fp32 | 1.0000000 | 0.9999000 |" in markdown
+    assert "| fp32 | - | 1.0000000 / - | 0.9999000 / - |" in markdown  # row, backend, cosine min / mean
 
 
 def test_summary_of_an_eval_whose_subset_has_no_video(tmp_path):

@@ -124,12 +124,18 @@ def tensorrt_matmul_peak(sizes: Sequence[int], dtype: str = "float16") -> dict[s
 
 
 def measure_peaks(backends: Sequence[str], precisions: Sequence[str], sizes: Sequence[int],
-                  threads: int | None) -> dict[str, Any]:
+                  threads: int | None, plans: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
+    """Peaks of every backend's fp32 / fp16 kernels; `plans` adds the rows with their own precision's
+    kernels (OpenVINO, bf16, int8: runtime/benchmark/precision_peaks.py)."""
+    from .precision_peaks import peak_measurer
+
     peaks: dict[str, Any] = {}
     for backend in backends:
         peaks[backend] = {}
         for precision in precisions if backend != "ort-cpu" else ("fp32",):
             dtype = "float32" if precision == "fp32" else "float16"
+            if backend == "openvino" or precision in ("bf16", "int8"):
+                continue
             try:
                 if backend == "tensorrt":
                     if precision != "fp16":
@@ -140,4 +146,13 @@ def measure_peaks(backends: Sequence[str], precisions: Sequence[str], sizes: Seq
             except Exception as exc:  # noqa: BLE001 - a missing peak must not lose the latency numbers
                 peaks[backend][precision] = {"error": f"{type(exc).__name__}: {exc}"}
                 log.warning("peak of %s %s not measured: %s", backend, precision, exc)
+    for backend, precision in plans:
+        measure = peak_measurer(backend, precision)
+        if measure is None or precision in peaks.get(backend, {}):
+            continue
+        try:
+            peaks.setdefault(backend, {})[precision] = measure(sizes, threads)
+        except Exception as exc:  # noqa: BLE001 - a missing peak must not lose the latency numbers
+            peaks.setdefault(backend, {})[precision] = {"error": f"{type(exc).__name__}: {exc}"}
+            log.warning("peak of %s %s not measured: %s", backend, precision, exc)
     return peaks

@@ -29,7 +29,8 @@ def render_markdown(report: dict[str, Any]) -> str:
              *_busy_warning(s),
              "## Attainable peak (same run, same kernel library)", "",
              "ONNX Runtime CPU FP16 rows are set against the FP32 MatMul peak: the CPU path has no faster FP16 "
-             "GEMM, so the FP32 peak bounds both.", "",
+             "GEMM, so the FP32 peak bounds both. BF16 and INT8 rows are set against the MatMul of their own "
+             "precision and library (runtime/benchmark/precision_peaks.py).", "",
              "| backend | precision | library | dtype | GFLOP/s by n | best GFLOP/s |", "|---|---|---|---|---|---|"]
     for backend, by_precision in report["peaks"].items():
         for precision, peak in by_precision.items():
@@ -47,11 +48,35 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {r['graph']} | {r['backend']} | {r['precision']} | {r['batch']} | {r['p50_ms']:.3f} | "
                      f"{r['p95_ms']:.3f} | {r['p99_ms']:.3f} | {r['items_per_s']:.1f} | {r['gflops']:.2f} | {pct} | "
                      f"{r['run_peak_rss_mib']:.1f} | {r['load_rss_mib']:.1f} |")
+    if report.get("fastest_gated"):
+        lines += ["", "## Fastest gated path (p50, same run)", "",
+                  "| graph | batch | backend | precision | p50 ms | vs torch eager FP32 | vs torch eager BF16 autocast | "
+                  "% of peak |", "|---|---|---|---|---|---|---|---|"]
+        for r in report["fastest_gated"]:
+            ratio = [f"{r[k]:.2f}x" if r.get(k) else "-" for k in ("vs_torch_eager_fp32", "vs_torch_eager_bf16")]
+            pct = f"{r['pct_of_peak']:.1f}" if r.get("pct_of_peak") is not None else "-"
+            lines.append(f"| {r['graph']} | {r['batch']} | {r['backend']} | {r['precision']} | {r['p50_ms']:.2f} | "
+                         f"{ratio[0]} | {ratio[1]} | {pct} |")
     if report["ratios"]:
-        lines += ["", "## Ratios (p50, same run; > 1 means the second is faster)", "",
-                  "| ratio | graph | batch | value |", "|---|---|---|---|"]
-        lines += [f"| {r['ratio']} | {r['graph']} | {r['batch']} | {r['value']:.2f} |" for r in report["ratios"]]
+        versus = [v for v in ("torch-eager fp32", "torch-eager bf16") if any(r["versus"] == v for r in report["ratios"])]
+        by_row: dict[tuple, dict] = {}
+        for r in report["ratios"]:
+            if r["versus"] in versus:
+                by_row.setdefault((r["graph"], r["batch"], r["row"]), {})[r["versus"]] = r["value"]
+        lines += ["", "## Speed-up vs PyTorch (p50 ratio, same run; > 1 means the row is faster)", "",
+                  "| graph | batch | row | " + " | ".join(f"vs {v}" for v in versus) + " |",
+                  "|---|---|---|" + "---|" * len(versus)]
+        for (graph, batch, row), values in by_row.items():
+            lines.append(f"| {graph} | {batch} | {row} | " + " | ".join(
+                f"{values[v]:.2f}x" if v in values else "-" for v in versus) + " |")
+        other = [r for r in report["ratios"] if r["versus"] not in versus]
+        if other:
+            lines += ["", "| ratio | graph | batch | value |", "|---|---|---|---|"]
+            lines += [f"| {r['ratio']} | {r['graph']} | {r['batch']} | {r['value']:.2f} |" for r in other]
     lines += ["", f"PyTorch eager baseline: {report['torch_baseline']}."]
+    if report.get("uptime"):
+        lines += ["", f"`uptime` at the end of the run: `{report['uptime']}` (the machine may be shared: ratios are "
+                  "same-run, absolute numbers are as loaded as this says)."]
     if report["skipped"]:
         lines += ["", "Not measured:", ""] + [f"- {s['backend']}: {s['reason']}" for s in report["skipped"]]
     lines += ["", "## Environment", "", environment_markdown(report["environment"])]

@@ -1,0 +1,95 @@
+"""The default CPU path of `ts2net index` / `search`: the fastest (backend, precision) that passed its gates.
+
+Gates: FP32 graphs are always gated (a bundle is only valid if they pass). A reduced precision
+passes its reference gates when its export-time row passed (manifest ``parity``: int8 graphs are
+only listed if they pass; bf16 also needs a CPU that reports BF16 to OpenVINO), and its real-data
+gates when ``ts2net parity --csv --videos`` recorded a pass for that backend and precision
+(runtime/gate_record.py). The reference inputs alone are not enough to change what a user's search
+returns: on the demo model both reduced precisions pass them and still change the top-1 answer of
+more than 3% of real queries. So the default of `index` / `search` takes a bf16 / int8 path only
+once its real-data gates passed (`require_real_data`), and never one that failed them; the
+benchmark's "fastest gated" column uses the reference gates (random-weight bundles have no real
+data) minus real-data failures.
+
+Speed order (fastest first) is the one measured by `ts2net bench` on the ViT-B/32-shaped bundle
+(docs/openvino.md): OpenVINO INT8, OpenVINO BF16, ONNX Runtime INT8, then FP32 (ONNX Runtime first:
+the two FP32 paths measured within noise of each other, and ONNX Runtime FP32 was the default before). `ts2net eval` does not use this: its numbers are the FP32 reference unless asked otherwise.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+SPEED_ORDER = (("openvino", "int8"), ("openvino", "bf16"), ("ort-cpu", "int8"), ("ort-cpu", "fp32"),
+               ("openvino", "fp32"))
+AUTO = "auto"
+
+
+def _passed(manifest: dict[str, Any], key: str) -> bool:
+    row = (manifest.get("parity") or {}).get(key) or {}
+    return row.get("passed") is True
+
+
+def gated_precisions(bundle, require_real_data: bool = False) -> set[tuple[str, str]]:
+    """Every (backend, precision) that passed its gates for this bundle and can run on this machine.
+
+    A path whose recorded real-data run failed is never included; with `require_real_data`, a bf16 /
+    int8 path is included only once a real-data run passed.
+    """
+    from .gate_record import real_data_failed, real_data_passed
+
+    gated = {path for path in _reference_gated(bundle) if not real_data_failed(bundle.manifest, *path)}
+    if require_real_data:
+        gated = {(b, p) for b, p in gated if p in ("fp32", "fp16") or real_data_passed(bundle.manifest, b, p)}
+    return gated
+
+
+def _reference_gated(bundle) -> set[tuple[str, str]]:
+    from .openvino_backend import precision_status
+
+    manifest = bundle.manifest
+    gated = {("ort-cpu", "fp32")}
+    if bundle.has_graph("text", "fp16") and _passed(manifest, "fp16"):
+        gated.add(("ort-cpu", "fp16"))
+    has_int8 = all(bundle.has_graph(g, "int8") for g in ("text", "video"))
+    if has_int8 and _passed(manifest, "int8"):
+        gated.add(("ort-cpu", "int8"))
+    if precision_status("fp32")[0]:
+        gated.add(("openvino", "fp32"))
+        ir = all(bundle.graph_entry(g, "int8").get("openvino_ir") for g in ("text", "video")) if has_int8 else False
+        if has_int8 and _passed(manifest, "int8_openvino" if ir else "int8"):
+            gated.add(("openvino", "int8"))
+        if _passed(manifest, "bf16") and precision_status("bf16")[0]:
+            gated.add(("openvino", "bf16"))
+    return gated
+
+
+def fastest_gated_path(bundle) -> tuple[str, str, str]:
+    """(backend, precision, why) of the fastest CPU path that passed every gate (real data included) here."""
+    gated = gated_precisions(bundle, require_real_data=True)
+    for backend, precision in SPEED_ORDER:
+        if (backend, precision) in gated:
+            skipped = [f"{b} {p}" for b, p in SPEED_ORDER[:SPEED_ORDER.index((backend, precision))]]
+            why = (f"fastest gated path here ({backend} {precision})" +
+                   (f"; not available here or not gated (a bf16 / int8 path needs a passing `ts2net parity "
+                    f"--csv --videos` run): {', '.join(skipped)}" if skipped else ""))
+            return backend, precision, why
+    return "ort-cpu", "fp32", "ONNX Runtime FP32 (nothing faster passed its gates here)"
+
+
+def resolve(bundle, backend: str | None, precision: str | None) -> tuple[str, str, str]:
+    """The user's choice, with "auto" (or nothing) for either part filled by the fastest gated path."""
+    if backend in (None, AUTO):
+        if precision in (None, AUTO):
+            return fastest_gated_path(bundle)
+        gated = gated_precisions(bundle, require_real_data=True)
+        for b, p in SPEED_ORDER:
+            if p == precision and (b, p) in gated:
+                return b, p, f"fastest gated backend for {precision}"
+        return "ort-cpu", precision, f"ort-cpu {precision} (as asked)"
+    if precision in (None, AUTO):
+        gated = gated_precisions(bundle, require_real_data=True)
+        for b, p in SPEED_ORDER:
+            if b == backend and (b, p) in gated:
+                return b, p, f"fastest gated precision of {backend}"
+        return backend, "fp32", f"{backend} fp32"
+    return backend, precision, "as asked"
