@@ -320,7 +320,7 @@ def explain_indexed(index, video: str | os.PathLike | int, query: str, out: str 
 
 
 def explain_search(index, results: Sequence[dict[str, Any]], out_dir: str | os.PathLike, *, bundle_dir=None,
-                   backend: str = "ort-cpu", batch_size: int = 16) -> Path:
+                   backend: str = "auto", batch_size: int = 16) -> Path:
     """One explanation per returned video of ``search_index`` results, and ``out_dir/index.html``.
 
     The queries are encoded together with ``batch_size`` exactly as ``search_index`` encodes
@@ -328,7 +328,7 @@ def explain_search(index, results: Sequence[dict[str, Any]], out_dir: str | os.P
     every query's ranked videos with their PNGs and links to the JSONs; it uses relative links
     only, so it opens from disk (or any static file server). Returns its path.
     """
-    from .index import index_bundle
+    from .index import index_bundle, query_backend
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -337,6 +337,7 @@ def explain_search(index, results: Sequence[dict[str, Any]], out_dir: str | os.P
         _check_query(q)
     sections = []
     bundle = index_bundle(index, bundle_dir)
+    backend = query_backend(index, bundle, backend)
     with BundleEncoder(bundle, backend=backend, precision=index.meta["precision"], batch_size=batch_size) as enc:
         text = np.asarray(enc.encode_texts(queries), np.float32)
         for q, entry in enumerate(results):

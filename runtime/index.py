@@ -323,6 +323,22 @@ def index_bundle(index: VideoIndex, bundle_dir=None):
     return bundle
 
 
+def query_backend(index: VideoIndex, bundle: Bundle, backend: str) -> str:
+    """The backend that encodes queries for ``index``: ``backend`` itself unless it is "auto", which means
+    the index's own backend where it passes its gates here (or is a GPU backend the gates do not cover),
+    else the fastest gated backend of the index's precision. Search and explanations share it, so an
+    explanation encodes its query exactly as the search whose result it explains."""
+    if backend != "auto":
+        return backend
+    from .path_choice import gated_precisions, resolve
+
+    chosen = index.meta["backend"]
+    if (chosen, index.meta["precision"]) not in gated_precisions(bundle, require_real_data=True) and \
+            not chosen.startswith(("ort-cuda", "tensorrt")):
+        chosen = resolve(bundle, None, index.meta["precision"])[0]
+    return chosen
+
+
 def search_index(index: VideoIndex, queries: Sequence[str], k: int = 10, *, bundle_dir=None,
                  backend: str = "auto", batch_size: int = 16, engine: Optional[str] = None) -> list[dict[str, Any]]:
     """Rank the indexed videos for each query by the TS2-Net similarity (logit-scaled scores).
@@ -343,13 +359,7 @@ def search_index(index: VideoIndex, queries: Sequence[str], k: int = 10, *, bund
             log.warning("query %s: %s", number, query_warning(query))
     bundle = index_bundle(index, bundle_dir)
     path = bundle.path
-    if backend == "auto":  # the index's own backend, else the fastest gated one of the index's precision
-        from .path_choice import gated_precisions, resolve
-
-        backend = index.meta["backend"]
-        if (backend, index.meta["precision"]) not in gated_precisions(bundle, require_real_data=True) and \
-                not backend.startswith(("ort-cuda", "tensorrt")):
-            backend = resolve(bundle, None, index.meta["precision"])[0]
+    backend = query_backend(index, bundle, backend)
     with BundleEncoder(bundle, backend=backend, precision=index.meta["precision"], batch_size=batch_size) as enc:
         text = np.asarray(enc.encode_texts(list(queries)), np.float32)
     from .search import Searcher, hits_json
