@@ -68,6 +68,22 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+@contextlib.contextmanager
+def waiting_lock(path: str | os.PathLike):
+    """Hold an exclusive `flock` on the lock file `path`, waiting for any other holder first.
+
+    For writers that should take turns rather than fail (two trainings filling one frame cache,
+    two parity runs recording gate outcomes in one manifest); `directory_lock` is the variant that
+    refuses a second writer instead. The kernel releases the lock if the process dies.
+    """
+    with open(path, "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 class LockHeldError(RuntimeError):
     """Another process holds the lock; the message names the directory and the command."""
 

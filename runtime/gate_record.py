@@ -11,27 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from .files import atomic_write_text
+from .files import atomic_write_text, waiting_lock
 
 MANIFEST_NAME = "manifest.json"
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock on `path` (a sibling lock file) for the duration of the block."""
-    import fcntl
-
-    with open(path, "a+") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def gate_summary(real: dict[str, Any]) -> dict[str, Any]:
@@ -48,7 +34,7 @@ def gate_summary(real: dict[str, Any]) -> dict[str, Any]:
 def record_real_data_gate(bundle_dir: str | os.PathLike, backend: str, precision: str, real: dict[str, Any]) -> None:
     """Write the outcome of a real-data parity run into the bundle's manifest (locked, atomic)."""
     path = Path(bundle_dir) / MANIFEST_NAME
-    with _locked(path.with_name(MANIFEST_NAME + ".lock")):
+    with waiting_lock(path.with_name(MANIFEST_NAME + ".lock")):
         manifest = json.loads(path.read_text(encoding="utf-8"))
         manifest.setdefault("parity", {}).setdefault("real_data", {})[f"{backend} {precision}"] = gate_summary(real)
         atomic_write_text(path, json.dumps(manifest, indent=2) + "\n")

@@ -20,7 +20,6 @@ never stored as zeros (that would look like an empty clip and train on garbage).
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import time
@@ -36,7 +35,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from runtime.video import VideoDecodeError, load_video
-from runtime.files import atomic_write_text
+from runtime.files import atomic_write_text, waiting_lock
 
 CACHE_VERSION = 1
 INDEX_NAME, FRAMES_NAME, LOCK_NAME = "index.json", "frames.f16", ".fill.lock"
@@ -118,13 +117,9 @@ class FrameCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         # one filler at a time (e.g. `make -j2 train-demo` starts two runs on one cache): the second
         # waits, then re-reads the index and decodes only what the first did not
-        with open(self.dir / LOCK_NAME, "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                self._index = self._read_index()
-                return self._fill_locked(videos, workers, progress)
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        with waiting_lock(self.dir / LOCK_NAME):
+            self._index = self._read_index()
+            return self._fill_locked(videos, workers, progress)
 
     def _fill_locked(self, videos: Mapping[str, str | os.PathLike], workers: int, progress: bool) -> int:
         todo = self.missing(videos)
