@@ -100,6 +100,9 @@ demo: setup cpp-build
 	$(TS2NET) parity --bundle $(DEMO_BUNDLE) --backend ort-cpu --precision fp16 --out $(DEMO_REPORTS)/parity-fp16
 	-$(TS2NET) parity --bundle $(DEMO_BUNDLE) --backend openvino --precision bf16 --skip-unsupported \
 		--csv $(DATA)/test.csv --videos $(DATA)/videos --no-progress --out $(DEMO_REPORTS)/parity-bf16
+	-$(TS2NET) parity --bundle $(DEMO_BUNDLE) --backend openvino --precision bf16 --text-precision bf16 \
+		--skip-unsupported --csv $(DATA)/test.csv --videos $(DATA)/videos --no-progress \
+		--out $(DEMO_REPORTS)/parity-bf16-text-bf16
 	-$(TS2NET) parity --bundle $(DEMO_BUNDLE) --backend openvino --precision int8 \
 		--csv $(DATA)/test.csv --videos $(DATA)/videos --no-progress --out $(DEMO_REPORTS)/parity-int8
 	-$(TS2NET) parity --bundle $(DEMO_BUNDLE) --backend ort-cpu --precision int8 \

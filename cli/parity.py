@@ -17,6 +17,9 @@ from runtime.backends import BACKENDS
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16", "int8"]), default=None,
               help="fp32 / fp16 / int8 graph for ONNX Runtime; fp32 / bf16 / int8 for OpenVINO (default fp32); "
                    "TensorRT runs its engine's precision.")
+@click.option("--text-precision", type=click.Choice(["fp32", "fp16", "bf16", "int8"]), default=None,
+              help="The text graph's precision [default: fp32 on the ONNX Runtime / OpenVINO bf16 and int8 paths "
+                   "(docs/openvino.md, \"Text stays FP32\"), else --precision].")
 @click.option("--csv", "annotations", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Captions: MSR-VTT 1k-A CSV (key,vid_key,video_id,sentence), or CSV/JSONL of video_id,caption.")
 @click.option("--videos", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
@@ -34,7 +37,7 @@ from runtime.backends import BACKENDS
 @click.option("--skip-unsupported", is_flag=True,
               help="Exit 0 with a report saying why when the backend / precision cannot run on this machine "
                    "(e.g. bf16 on a CPU without BF16), instead of failing.")
-def parity_command(bundle_dir, backend, precision, annotations, videos, limit, out_dir, batch_size, threads, workers,
+def parity_command(bundle_dir, backend, precision, text_precision, annotations, videos, limit, out_dir, batch_size, threads, workers,
                    progress, record, skip_unsupported):
     """Compare a backend with the PyTorch FP32 reference; non-zero exit on any failure."""
     from runtime.backends import BackendUnavailable
@@ -45,7 +48,7 @@ def parity_command(bundle_dir, backend, precision, annotations, videos, limit, o
         raise click.UsageError("--csv and --videos go together")
     try:
         report, json_path, md_path = run_parity(bundle_dir, backend, precision, annotations, videos, limit, out_dir,
-                                                batch_size, threads, workers, progress, record)
+                                                batch_size, threads, workers, progress, record, text_precision)
     except BackendUnavailable as exc:
         if not skip_unsupported:
             raise CannotRun(str(exc)) from exc
@@ -57,7 +60,9 @@ def parity_command(bundle_dir, backend, precision, annotations, videos, limit, o
     if isinstance(report.get("recorded_in_manifest"), str):
         click.echo(f"note: real-data gate {report['recorded_in_manifest']}", err=True)
     failures = report["failures"]
-    click.echo(f"parity {backend} {report['precision']}: {'PASS' if not failures else 'FAIL'} "
+    text = report.get("text_precision")
+    graphs = report["precision"] + (f" (text {text})" if text and text != report["precision"] else "")
+    click.echo(f"parity {backend} {graphs}: {'PASS' if not failures else 'FAIL'} "
                f"({len(failures)} failure(s)); report: {json_path}, {md_path}")
     for failure in failures:
         click.echo(f"  - {failure}")

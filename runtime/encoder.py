@@ -96,12 +96,21 @@ class BundleEncoder:
     """Encode texts and videos with one bundle and one backend kind (backends created on first use)."""
 
     def __init__(self, bundle: Bundle | str | os.PathLike, backend: str = "ort-cpu", precision: str | None = None,
-                 batch_size: int = 16, threads: int | None = None):
+                 batch_size: int = 16, threads: int | None = None, text_precision: str | None = None):
+        """precision: the video graph's (and, on most paths, the text graph's) precision.
+
+        text_precision: the text graph's; None = the path's default (runtime.path_choice
+        .default_text_precision: FP32 for the CPU bf16 / int8 paths, else `precision`).
+        """
+        from .path_choice import default_text_precision
+
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}: must be >= 1")
         self.bundle = bundle if isinstance(bundle, Bundle) else open_bundle(bundle)
         self.backend_name = backend
         self.precision = precision
+        self.text_precision = text_precision if text_precision is not None else default_text_precision(backend,
+                                                                                                       precision)
         self.batch_size = batch_size
         self.threads = threads
         self._backends: dict[str, Backend] = {}
@@ -109,7 +118,8 @@ class BundleEncoder:
     def backend(self, graph: str) -> Backend:
         """The loaded backend of `graph` ("text" / "video")."""
         if graph not in self._backends:
-            self._backends[graph] = create_backend(self.bundle, graph, self.backend_name, self.precision,
+            precision = self.text_precision if graph == "text" else self.precision
+            self._backends[graph] = create_backend(self.bundle, graph, self.backend_name, precision,
                                                    threads=self.threads).load()
         return self._backends[graph]
 

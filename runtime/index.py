@@ -257,6 +257,7 @@ def _build_locked(bundle_dir, videos_dir, out: Path, backend, precision, skip_ba
                    "max_words": bundle.max_words, "embed_dim": bundle.embed_dim},
         "backend": backend,
         "precision": precision,
+        "query_text_precision": getattr(encoder, "text_precision", None),  # what search encodes queries with
         "server": server,
         "dtype": dtype,
         "preprocessing": preprocessing_identity(),

@@ -25,8 +25,12 @@ STAND_IN = ("ort-cpu", "fp32")  # the real-data reference: the FP32 graph on ONN
 
 
 def _precision_row(encoder) -> str:
-    """The parity row a backend is held to: the precision it actually runs (an engine's is fp16)."""
-    return encoder.backend("text").precision
+    """The parity row a path is held to: the precision its video graph actually runs (an engine's is fp16).
+
+    The text graph of the CPU bf16 / int8 paths runs FP32 (runtime.path_choice.default_text_precision),
+    which the bf16 / int8 row's thresholds cover a fortiori.
+    """
+    return encoder.backend("video").precision
 
 
 def check_reference(bundle, encoder) -> Any:
@@ -54,6 +58,7 @@ def check_real_data(bundle, encoder, annotations: Path, videos: Path, limit: int
         rs, _ = rs.without_videos(rs.video_ids[limit:])
     row = _precision_row(encoder)
     same = (encoder.backend_name, row) == STAND_IN
+    same = same and encoder.text_precision == STAND_IN[1]
     reference = encoder if same else BundleEncoder(bundle, *STAND_IN, batch_size=batch_size, threads=threads)
     skipped: list[tuple[str, str]] = []
     kept, a_embeds, a_indices, b_embeds, b_indices, masks = [], [], [], [], [], []
@@ -143,7 +148,9 @@ def retrieval_gates(expected: dict[str, np.ndarray], produced: dict[str, np.ndar
 def render_markdown(report: dict[str, Any], reference_md: str) -> str:
     from .reports import environment_markdown
 
-    lines = [f"# Parity: {report['backend']} ({report['precision']}) — {'PASS' if report['passed'] else 'FAIL'}", "",
+    text = report.get("text_precision")
+    graphs = report["precision"] + (f", text graph {text}" if text and text != report["precision"] else "")
+    lines = [f"# Parity: {report['backend']} ({graphs}) — {'PASS' if report['passed'] else 'FAIL'}", "",
              f"Bundle `{report['bundle']['path']}` (id {report['bundle']['id']}, model {report['bundle']['model']}, "
              f"source: {report['bundle']['source']}).", "",
              f"Thresholds: the {report['precision']} row of the parity table (docs/runtime.md).", ""]
@@ -179,7 +186,8 @@ def render_markdown(report: dict[str, Any], reference_md: str) -> str:
 def run_parity(bundle_dir: Path, backend: str, precision: str | None, annotations: Path | None,
                videos: Path | None, limit: int | None, out_dir: Path, batch_size: int = 16,
                threads: int | None = None, workers: int = 0,
-               progress: bool = True, record: bool = True) -> tuple[dict[str, Any], Path, Path]:
+               progress: bool = True, record: bool = True, text_precision: str | None = None
+               ) -> tuple[dict[str, Any], Path, Path]:
     """Both checks on one backend; writes parity.{json,md} into `out_dir`; (report, json path, md path).
 
     record: write the real-data gate outcome into the bundle's manifest (runtime/gate_record.py), so
@@ -190,9 +198,11 @@ def run_parity(bundle_dir: Path, backend: str, precision: str | None, annotation
     from .reports import environment, write_report
 
     bundle = open_bundle(bundle_dir)
-    encoder = BundleEncoder(bundle, backend, precision, batch_size=batch_size, threads=threads)
+    encoder = BundleEncoder(bundle, backend, precision, batch_size=batch_size, threads=threads,
+                            text_precision=text_precision)
     with encoder:
         row = _precision_row(encoder)
+        text_row = encoder.backend("text").precision
         reference = check_reference(bundle, encoder)
         real = (check_real_data(bundle, encoder, annotations, videos, limit, batch_size, threads, progress,
                                 workers) if annotations is not None else None)
@@ -200,6 +210,7 @@ def run_parity(bundle_dir: Path, backend: str, precision: str | None, annotation
     source = (bundle.manifest.get("source_checkpoint") or {}).get("name")
     report = {
         "command": "parity", "passed": not failures, "backend": backend, "precision": row,
+        "text_precision": text_row,
         "bundle": {"path": str(bundle.path.resolve()), "id": bundle.content_id, "model": bundle.model.get("name"),
                    "source": source, "valid": bundle.valid},
         "failures": failures, "reference_inputs": reference.to_dict(), "real_data": real,
@@ -212,7 +223,7 @@ def run_parity(bundle_dir: Path, backend: str, precision: str | None, annotation
         from .gate_record import record_real_data_gate
 
         try:
-            record_real_data_gate(bundle.path, backend, row, real)
+            record_real_data_gate(bundle.path, backend, row, real, text_row)
             report["recorded_in_manifest"] = True
         except OSError as exc:  # a read-only bundle: the report still has every figure
             report["recorded_in_manifest"] = f"not recorded: {exc}"

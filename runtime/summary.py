@@ -91,7 +91,8 @@ def build_summary(bundle: Path, reports: Path, ablations_path: Path | None) -> t
     manifest = json.loads((bundle / MANIFEST_NAME).read_text())
     evaluation = latest_json(reports / "eval", "eval-")
     bench = latest_json(reports / "bench", "")
-    parity = {p: latest_json(reports / f"parity-{p}", "") for p in ("fp32", "fp16", "bf16", "int8", "int8-ort")}
+    parity = {p: latest_json(reports / f"parity-{p}", "") for p in ("fp32", "fp16", "bf16", "int8", "int8-ort",
+                                                                  "bf16-text-bf16")}
     ablations = json.loads(ablations_path.read_text()) if ablations_path and ablations_path.is_file() else None
     data = {"kind": "ts2net-demo-summary", "model": manifest["model"]["name"],
             "source_checkpoint": manifest["source_checkpoint"], "export_parity": manifest["parity"],
@@ -120,7 +121,7 @@ def build_summary(bundle: Path, reports: Path, ablations_path: Path | None) -> t
                   f"{f['frame_embeds']['cosine_min']:.7f} / {means[1]} | {f['frame_embeds']['max_abs_err']:.2e} | "
                   f"{f.get('patch_indices', {}).get('agreement', float('nan')):.4f} | "
                   f"{f['similarity']['top1_agreement']:.2%} | {entry['passed']} |")
-    real = {p: r for p, r in parity.items() if r and p in ("bf16", "int8", "int8-ort")}
+    real = {p: r for p, r in parity.items() if r and p in ("bf16", "int8", "int8-ort", "bf16-text-bf16")}
     if real:
         md += ["", "## Accuracy gates on real data (`ts2net parity --csv --videos`, vs the FP32 graph)", "",
                "Gates: top-1 identical to FP32 for >= 97% of queries, |dR@1| and |dR@5| <= 1.0 point, both directions.",
@@ -128,6 +129,9 @@ def build_summary(bundle: Path, reports: Path, ablations_path: Path | None) -> t
                "v2t dR@5 | t2v R@1 FP32 / row | passed |", "|---|---|---|---|---|---|---|---|---|---|"]
         for key, report in real.items():
             precision = report.get("precision") or key
+            text = report.get("text_precision")
+            if text:  # reports before per-graph precisions have none
+                precision += f" (text graph {text})" if text != precision else " (both graphs)"
             if report.get("skipped"):
                 md.append(f"| {precision} | {report['backend']} | not run here: {report['skipped']} | | | | | | | - |")
                 continue

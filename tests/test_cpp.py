@@ -277,9 +277,10 @@ def test_parity_passes_fp32_on_the_demo_bundle(cpp_binaries, demo_bundle):
 def test_parity_of_every_graph_precision_the_bundle_lists(cpp_binaries, tiny_bundle):
     manifest = json.loads((tiny_bundle / "manifest.json").read_text())
     for precision in sorted(set(manifest["graphs"]["video"]) - {"fp32"}):
-        result, report = _parity(tiny_bundle, "--precision", precision)
+        # both graphs at `precision`, as the export measured them
+        result, report = _parity(tiny_bundle, "--precision", precision, "--text-precision", precision)
         assert result.returncode == 0, result.stdout + result.stderr
-        assert report["precision"] == precision
+        assert (report["precision"], report["text_precision"]) == (precision, precision)
         entry = manifest["graphs"]["video"][precision]
         if "openvino_ir" in entry:  # the IR form is preferred, and the same OpenVINO gives the export's figures
             assert report["video_model"].endswith(entry["openvino_ir"]["file"])
@@ -288,6 +289,12 @@ def test_parity_of_every_graph_precision_the_bundle_lists(cpp_binaries, tiny_bun
                 assert report["figures"][output]["cosine_min"] == pytest.approx(exported[output]["cosine_min"], abs=1e-6)
         else:
             assert report["video_model"].endswith(entry["file"])
+    if "int8" in manifest["graphs"]["video"]:  # the default int8 path: the text graph stays fp32
+        result, report = _parity(tiny_bundle, "--precision", "int8")
+        assert result.returncode == 0 and (report["precision"], report["text_precision"]) == ("int8", "fp32")
+        assert report["text_model"].endswith(manifest["graphs"]["text"]["fp32"]["file"])
+        assert report["figures"]["text_embeds"]["cosine_min"] > 0.999999
+        assert "int8, text graph fp32" in result.stdout
 
 
 def test_parity_bf16_uses_the_hint_or_refuses_clearly(cpp_binaries, tiny_bundle):

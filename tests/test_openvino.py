@@ -246,7 +246,10 @@ def test_retrieval_gates_report_every_figure_and_fail_each_direction():
 def with_real_data(bundle, **outcomes) -> Bundle:
     """The bundle with recorded real-data gate outcomes, e.g. with_real_data(b, openvino_int8=True)."""
     manifest = json.loads(json.dumps(bundle.manifest))
-    manifest["parity"]["real_data"] = {key.replace("_", " ", 1): {"passed": passed} for key, passed in outcomes.items()}
+    from runtime.gate_record import path_key
+
+    manifest["parity"]["real_data"] = {path_key(*key.split("_", 1)): {"passed": passed}
+                                       for key, passed in outcomes.items()}
     return Bundle(bundle.path, manifest)
 
 
@@ -268,9 +271,58 @@ def test_a_real_data_parity_run_records_its_gate_in_the_manifest(bundle_dir, tmp
             "retrieval": {"top1_agreement": 0.5, "r1_delta_points": 0.0}}
     record_real_data_gate(copy, "openvino", "int8", real)
     record_real_data_gate(copy, "openvino", "bf16", dict(real, failures=[]))
+    record_real_data_gate(copy, "openvino", "bf16", real, text_precision="bf16")  # both graphs bf16: apart
     entries = json.loads((copy / "manifest.json").read_text())["parity"]["real_data"]
-    assert entries["openvino int8"]["passed"] is False and entries["openvino int8"]["figures"]["top1_agreement"] == 0.5
-    assert entries["openvino bf16"]["passed"] is True
+    assert entries["openvino int8 text=fp32"]["passed"] is False
+    assert entries["openvino int8 text=fp32"]["figures"]["top1_agreement"] == 0.5
+    assert entries["openvino bf16 text=fp32"]["passed"] is True and entries["openvino bf16"]["passed"] is False
     reopened = open_bundle(copy)  # the bundle id and every checksum are untouched
     assert reopened.content_id == open_bundle(bundle_dir).content_id
     assert ("openvino", "int8") not in gated_precisions(reopened)
+    assert (("openvino", "bf16") in gated_precisions(reopened, require_real_data=True)) == HAS_BF16
+
+
+def test_reduced_precision_cpu_paths_keep_the_text_graph_fp32(bundle):
+    """bf16 / int8 on ONNX Runtime and OpenVINO reduce the video graph only, unless asked otherwise."""
+    from runtime.encoder import BundleEncoder
+    from runtime.gate_record import path_key
+    from runtime.path_choice import default_text_precision
+
+    assert [default_text_precision(b, p) for b, p in (("ort-cpu", "int8"), ("openvino", "int8"), ("openvino", "bf16"),
+            ("ort-cpu", "fp16"), ("ort-cpu", "fp32"), ("tensorrt", None), ("ort-cuda", "int8"))] == \
+        ["fp32", "fp32", "fp32", "fp16", "fp32", None, "int8"]
+    assert path_key("openvino", "bf16") == "openvino bf16 text=fp32"
+    assert path_key("openvino", "bf16", "bf16") == "openvino bf16" and path_key("ort-cpu", "fp16") == "ort-cpu fp16"
+    with BundleEncoder(bundle, "ort-cpu", "int8") as mixed, BundleEncoder(bundle, "ort-cpu", "fp32") as fp32, \
+            BundleEncoder(bundle, "ort-cpu", "int8", text_precision="int8") as both:
+        assert (mixed.backend("text").precision, mixed.backend("video").precision) == ("fp32", "int8")
+        assert both.backend("text").precision == "int8"
+        ids = bundle.reference()["input_ids"]
+        np.testing.assert_array_equal(mixed.encode_ids(ids), fp32.encode_ids(ids))  # the very FP32 text graph
+        assert not np.array_equal(both.encode_ids(ids), fp32.encode_ids(ids))
+
+
+def test_int8_parity_on_real_data_runs_the_fp32_text_graph_and_records_that_path(bundle_dir, colour_clips, tmp_path):
+    """`ts2net parity --precision int8`: the text embeddings equal the FP32 reference's exactly (same graph,
+    same runtime), the report names both precisions, and the record gates the default int8 path only."""
+    copy = shutil.copytree(bundle_dir, tmp_path / "b")
+    csv = tmp_path / "captions.csv"
+    csv.write_text("video_id,caption\n" + "".join(f"video{i},colour clip number {i}\n" for i in range(6)))
+    out = tmp_path / "report"
+    args = ["--bundle", str(copy), "--backend", "ort-cpu", "--precision", "int8", "--csv", str(csv), "--videos",
+            str(colour_clips), "--no-progress"]
+    result = CliRunner().invoke(parity_command, [*args, "--out", str(out)])
+    assert result.exit_code in (0, 1) and "parity ort-cpu int8 (text fp32)" in result.output, result.output
+    report = json.loads((out / "parity.json").read_text())
+    assert (report["precision"], report["text_precision"]) == ("int8", "fp32")
+    text = report["real_data"]["comparison"]["figures"]["text_embeds"]
+    assert text["max_abs_err"] == 0.0 and text["cosine_min"] >= 1 - 1e-12
+    assert "text graph fp32" in (out / "parity.md").read_text().splitlines()[0]
+    entries = json.loads((copy / "manifest.json").read_text())["parity"]["real_data"]
+    assert list(entries) == ["ort-cpu int8 text=fp32"]
+    result = CliRunner().invoke(parity_command, [*args, "--text-precision", "int8", "--out", str(tmp_path / "r2")])
+    report = json.loads((tmp_path / "r2" / "parity.json").read_text())
+    assert report["text_precision"] == "int8" and report["real_data"]["comparison"]["figures"]["text_embeds"][
+        "max_abs_err"] > 0
+    assert sorted(json.loads((copy / "manifest.json").read_text())["parity"]["real_data"]) == [
+        "ort-cpu int8", "ort-cpu int8 text=fp32"]

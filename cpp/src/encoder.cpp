@@ -40,11 +40,17 @@ PrecisionPlan plan_precision(const Bundle& bundle, const std::string& graph, con
   return {precision, "f32", ""};
 }
 
+std::string text_precision_for(const EncoderOptions& options) {
+  if (!options.text_precision.empty()) return options.text_precision;
+  return (options.precision == "bf16" || options.precision == "int8") ? "fp32" : options.precision;
+}
+
 namespace {
 
 ov::CompiledModel compile(const Bundle& bundle, const std::string& graph, const EncoderOptions& options, PrecisionPlan& plan) {
   ov::Core& core = shared_core();
-  plan = plan_precision(bundle, graph, options.precision, core, options.device);
+  const std::string precision = graph == "text" ? text_precision_for(options) : options.precision;
+  plan = plan_precision(bundle, graph, precision, core, options.device);
   const GraphEntry entry = bundle.graph(graph, plan.graph_precision);
   std::string weights;
   if (!entry.openvino_ir_file.empty()) {

@@ -52,7 +52,7 @@ std::string fmt(double v) {
 }  // namespace
 
 json ParityReport::to_json() const {
-  return {{"precision", precision}, {"passed", passed()}, {"text_model", text_model}, {"video_model", video_model},
+  return {{"precision", precision}, {"text_precision", text_precision}, {"passed", passed()}, {"text_model", text_model}, {"video_model", video_model},
           {"thresholds", thresholds}, {"figures", figures},
           {"failures", failures}, {"notes", notes}};
 }
@@ -75,6 +75,7 @@ json parity_thresholds(const Bundle& bundle, const std::string& precision, bool 
 ParityReport run_parity(const Bundle& bundle, const EncoderOptions& options) {
   ParityReport report;
   report.precision = options.precision;
+  report.text_precision = text_precision_for(options);
   const auto ref = bundle.reference({"input_ids", "frames", "frame_mask", "text_embeds", "frame_embeds"});
   const auto& frames = ref.at("frames");
   const auto& ids = ref.at("input_ids");

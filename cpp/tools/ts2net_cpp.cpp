@@ -30,14 +30,15 @@ namespace {
 
 const char* kUsage =
     "usage:\n"
-    "  ts2net-cpp parity BUNDLE [--precision P] [--threads N] [--json OUT.json]\n"
+    "  ts2net-cpp parity BUNDLE [--precision P] [--text-precision P] [--threads N] [--json OUT.json]\n"
     "  ts2net-cpp frames BUNDLE VIDEO OUT.npy [--image-size S] [--max-frames T]\n"
     "  ts2net-cpp encode BUNDLE OUT_DIR VIDEO... [--list FILE] [--skip-bad] [--precision P] [--batch N]\n"
     "                    [--threads N] [--decode-threads N]\n"
     "  ts2net-cpp rank BUNDLE OUT_DIR --ids IDS.npy [-k K] [--precision P] [--threads N]\n"
     "precisions: the graph precisions the bundle lists (fp32, fp16, int8, ...) and bf16 (the fp32 graph\n"
     "with OpenVINO's bf16 inference hint, where the CPU has native bf16). Token ids come from the Python\n"
-    "tokenizer (docs/cpp.md). TS2NET_FFMPEG_LOG=1 shows FFmpeg's own log lines.\n";
+    "tokenizer (docs/cpp.md). The text graph of a bf16 / int8 run is fp32 unless --text-precision P says\n"
+    "otherwise. TS2NET_FFMPEG_LOG=1 shows FFmpeg's own log lines.\n";
 
 struct UsageError : Error {
   using Error::Error;
@@ -86,6 +87,7 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 EncoderOptions encoder_options(const Args& args) {
   EncoderOptions o;
   o.precision = args.get("--precision", "fp32");
+  o.text_precision = args.get("--text-precision", "");
   o.threads = args.get_int("--threads", 0, 0);
   return o;
 }
@@ -102,7 +104,9 @@ int cmd_parity(const Args& args) {
   out["bundle"] = bundle.path();
   out["backend"] = "openvino-cpp " + std::string(ov::get_openvino_version().buildNumber);
   out["seconds"] = seconds_since(t0);
-  std::cout << "parity " << bundle.path() << " (" << report.precision << ", OpenVINO C++): "
+  std::cout << "parity " << bundle.path() << " (" << report.precision
+            << (report.text_precision != report.precision ? ", text graph " + report.text_precision : "")
+            << ", OpenVINO C++): "
             << (report.passed() ? "PASS" : "FAIL") << "\n  graphs: " << report.text_model << ", " << report.video_model
             << "\n";
   for (const auto& [output, figures] : report.figures.items())
@@ -299,12 +303,12 @@ int main(int argc, char** argv) {
   set_decoder_log(std::getenv("TS2NET_FFMPEG_LOG") != nullptr && std::string(std::getenv("TS2NET_FFMPEG_LOG")) == "1");
   const std::vector<std::string> enc = {"--precision", "--threads"};
   try {
-    if (command == "parity") return cmd_parity(Args(argc, argv, 2, {"--precision", "--threads", "--json"}, {}));
+    if (command == "parity") return cmd_parity(Args(argc, argv, 2, {"--precision", "--text-precision", "--threads", "--json"}, {}));
     if (command == "frames") return cmd_frames(Args(argc, argv, 2, {"--image-size", "--max-frames"}, {}));
     if (command == "encode")
-      return cmd_encode(Args(argc, argv, 2, {"--precision", "--threads", "--batch", "--skip-bad", "--list", "--decode-threads"},
+      return cmd_encode(Args(argc, argv, 2, {"--precision", "--text-precision", "--threads", "--batch", "--skip-bad", "--list", "--decode-threads"},
                              {"--skip-bad"}));
-    if (command == "rank") return cmd_rank(Args(argc, argv, 2, {"--precision", "--threads", "--ids", "-k"}, {}));
+    if (command == "rank") return cmd_rank(Args(argc, argv, 2, {"--precision", "--text-precision", "--threads", "--ids", "-k"}, {}));
     throw UsageError("unknown command '" + command + "'");
   } catch (const UsageError& exc) {
     std::cerr << "ts2net-cpp: " << exc.what() << "\n" << kUsage;

@@ -129,6 +129,7 @@ def evaluate(
                                precision)
 
     with BundleEncoder(bundle, backend=backend, precision=precision, batch_size=batch_size) as encoder:
+        text_precision = encoder.text_precision
         t0 = time.perf_counter()
         videos = encode_videos_cached(encoder, full.paths(), cache, skip_bad=skip_bad,
                                       chunk_size=max(2 * batch_size, 16), progress=progress, workers=workers)
@@ -180,6 +181,7 @@ def evaluate(
                    "max_frames": bundle.max_frames, "image_size": bundle.image_size, "embed_dim": bundle.embed_dim},
         "backend": backend,
         "precision": precision,
+        "text_precision": text_precision,
         "batch_size": batch_size,
         "dataset": {"annotations": str(Path(annotations).resolve()), "format": full.format,
                     "videos_dir": str(Path(videos_dir).resolve()),

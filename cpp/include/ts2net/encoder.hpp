@@ -5,6 +5,9 @@
 // with INFERENCE_PRECISION_HINT f32 (OpenVINO's CPU plugin would otherwise compute in bf16 on
 // AMX machines, which is not what "fp32" promises); "bf16" runs the fp32 graph with the bf16 hint,
 // only where the device reports BF16 in OPTIMIZATION_CAPABILITIES (else an Error says so).
+// The text graph of a bf16 / int8 path runs fp32 unless text_precision says otherwise, as in the
+// Python runtime (docs/openvino.md, "Text stays FP32"): reduced-precision text embeddings reorder
+// near-duplicate captions, and one query's text graph costs little next to a video's.
 // The batch axis is dynamic: any batch size runs on the same compiled model. One encoder holds one
 // infer request: call encode from one thread at a time (make one encoder per thread otherwise).
 #pragma once
@@ -23,7 +26,8 @@ class Core;
 namespace ts2net {
 
 struct EncoderOptions {
-  std::string precision = "fp32";
+  std::string precision = "fp32";       // the video graph's (and, for fp32 / fp16, the text graph's)
+  std::string text_precision;           // empty: text_precision_for(precision)
   std::string device = "CPU";
   int threads = 0;  // 0: OpenVINO's default (all cores)
 };
@@ -36,6 +40,9 @@ struct PrecisionPlan {
 };
 PrecisionPlan plan_precision(const Bundle& bundle, const std::string& graph, const std::string& precision,
                              ov::Core& core, const std::string& device);
+
+// The text graph's precision on a path whose video graph runs `precision`: fp32 for bf16 / int8.
+std::string text_precision_for(const EncoderOptions& options);
 
 // One shared ov::Core (plugins are loaded once per process).
 ov::Core& shared_core();

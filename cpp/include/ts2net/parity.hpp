@@ -14,6 +14,7 @@ namespace ts2net {
 
 struct ParityReport {
   std::string precision;
+  std::string text_precision;  // the text graph's (fp32 on bf16 / int8 runs unless asked otherwise)
   std::string text_model, video_model;  // the files OpenVINO ran
   nlohmann::json thresholds;
   nlohmann::json figures;
