@@ -276,7 +276,8 @@ def real_markdown(r: dict) -> str:
     lines = ["# Search engines vs scan on real embeddings", "",
              f"Index `{r['index']}` ({r['n_videos']} videos, bundle {r['bundle']['id']}), captions `{r['annotations']}` "
              f"({r['n_captions']}). Top-10 per caption compared with the scan's (identical = same videos, same order).",
-             "", f"Load at start `{r['uptime_start']}`, at end `{r['uptime_end']}` (machine shared).", "",
+             "", f"Load at start `{r['uptime_start']}`, at end `{r['uptime_end']}` "
+             f"({load_verdict(r['uptime_start'], r['uptime_end'], r.get('environment'))}).", "",
              "| engine | kind | identical top-10 | captions differing | recall@10 | recall@100 | re-scores/query | "
              "stop rule met | b1 p50 ms | build s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for e in r["engines"]:
@@ -295,6 +296,25 @@ def _fmt_bytes(b: float) -> str:
     return f"{b / 2**20:,.0f} MiB" if b < 2**30 else f"{b / 2**30:.2f} GiB"
 
 
+def load_verdict(*uptimes_and_env) -> str:
+    """How far to trust the latencies, read off the 1-minute load averages against the usable cores."""
+    *uptimes, env = uptimes_and_env
+    cores = ((env or {}).get("cpu") or {}).get("usable_cores") or os.cpu_count() or 1
+    loads = []
+    for text in uptimes:
+        try:
+            loads.append(float(str(text).split("load average:")[1].split(",")[0]))
+        except (IndexError, ValueError):
+            continue
+    if not loads:
+        return "load unknown"
+    worst = max(loads)
+    if worst <= 0.75 * cores:
+        return f"1-minute load at most {worst:.2f} on {cores} cores: a quiet machine"
+    return (f"1-minute load up to {worst:.2f} on {cores} cores: the machine was busy, latencies are pessimistic "
+            "and noisy; only same-run ratios compare")
+
+
 def markdown(results: dict) -> str:
     env = results.get("environment") or environment()
     lines = ["# Search benchmark (`ts2net bench-search`)", "",
@@ -303,7 +323,7 @@ def markdown(results: dict) -> str:
              f"{results['seed']} (per size: see below). Ground truth: the scan's top-100. Latency: ms per call (batch 1 = one query, "
              "k=10; batch 32 = 32 queries, k=10). Re-scores: distinct videos scored exactly per query (k=10).", "",
              f"Machine load at start: `{results['uptime_start']}`; at end: `{results.get('uptime_end', 'n/a')}` "
-             "(shared with other sessions: latencies are pessimistic and noisy).", "",
+             f"({load_verdict(results['uptime_start'], results.get('uptime_end'), env)}).", "",
              "| N | engine | kind | build s | engine files | RSS growth | b1 p50 | b1 p95 | b32 p50 | b32 p95 | "
              "recall@10 | recall@100 | identical top-10 | re-scores/query | stop rule met | speed-up b1 p50 vs scan |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -355,7 +375,7 @@ def plot(results: dict, path: Path) -> None:
     axes[0].set_yscale("log")
     axes[1].set_yscale("log")
     axes[2].set_ylim(min(0.9, axes[2].get_ylim()[0]), 1.005)
-    fig.suptitle("ts2net bench-search (synthetic, 12 frames x 512 dims; machine shared, see report)")
+    fig.suptitle("ts2net bench-search (synthetic, 12 frames x 512 dims; machine load: see report)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
