@@ -328,7 +328,7 @@ def explain_search(index, results: Sequence[dict[str, Any]], out_dir: str | os.P
     every query's ranked videos with their PNGs and links to the JSONs; it uses relative links
     only, so it opens from disk (or any static file server). Returns its path.
     """
-    from .index import index_bundle, query_backend
+    from .index import index_bundle, query_backend, query_encoder
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -338,7 +338,7 @@ def explain_search(index, results: Sequence[dict[str, Any]], out_dir: str | os.P
     sections = []
     bundle = index_bundle(index, bundle_dir)
     backend = query_backend(index, bundle, backend)
-    with BundleEncoder(bundle, backend=backend, precision=index.meta["precision"], batch_size=batch_size) as enc:
+    with query_encoder(index, bundle, backend, batch_size) as enc:
         text = np.asarray(enc.encode_texts(queries), np.float32)
         for q, entry in enumerate(results):
             items = []

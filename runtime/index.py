@@ -257,7 +257,6 @@ def _build_locked(bundle_dir, videos_dir, out: Path, backend, precision, skip_ba
                    "max_words": bundle.max_words, "embed_dim": bundle.embed_dim},
         "backend": backend,
         "precision": precision,
-        "query_text_precision": getattr(encoder, "text_precision", None),  # what search encodes queries with
         "server": server,
         "dtype": dtype,
         "preprocessing": preprocessing_identity(),
@@ -340,6 +339,18 @@ def query_backend(index: VideoIndex, bundle: Bundle, backend: str) -> str:
     return chosen
 
 
+def query_encoder(index: VideoIndex, bundle: Bundle, backend: str, batch_size: int = 16):
+    """The encoder of ``index``'s queries on ``backend`` (from query_backend): the index's precision, and the
+    text precision the gates allow with it (runtime.path_choice.query_text_precision). Search and
+    explanations share it."""
+    from .encoder import BundleEncoder
+    from .path_choice import query_text_precision
+
+    precision = index.meta["precision"]
+    return BundleEncoder(bundle, backend=backend, precision=precision, batch_size=batch_size,
+                         text_precision=query_text_precision(bundle, backend, precision))
+
+
 def search_index(index: VideoIndex, queries: Sequence[str], k: int = 10, *, bundle_dir=None,
                  backend: str = "auto", batch_size: int = 16, engine: Optional[str] = None) -> list[dict[str, Any]]:
     """Rank the indexed videos for each query by the TS2-Net similarity (logit-scaled scores).
@@ -349,7 +360,6 @@ def search_index(index: VideoIndex, queries: Sequence[str], k: int = 10, *, bund
     Returns one ``{"query", "engine", "results": [{"rank", "video_id", "score", "path"}], "rescored",
     "stop_rule_met", "fallback_scan"}`` per query.
     """
-    from .encoder import BundleEncoder
 
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -361,8 +371,9 @@ def search_index(index: VideoIndex, queries: Sequence[str], k: int = 10, *, bund
     bundle = index_bundle(index, bundle_dir)
     path = bundle.path
     backend = query_backend(index, bundle, backend)
-    with BundleEncoder(bundle, backend=backend, precision=index.meta["precision"], batch_size=batch_size) as enc:
+    with query_encoder(index, bundle, backend, batch_size) as enc:
         text = np.asarray(enc.encode_texts(list(queries)), np.float32)
+        encoded_with = {"backend": backend, "precision": enc.backend("text").precision}
     from .search import Searcher, hits_json
 
     def finite(scores: np.ndarray) -> None:   # NaN would neither win nor lose: refuse it, naming the source
@@ -375,4 +386,5 @@ def search_index(index: VideoIndex, queries: Sequence[str], k: int = 10, *, bund
         found = searcher.search(text, k, check_scores=finite)
     finally:
         searcher.close()
-    return [{"query": q, "engine": searcher.name, **hits_json(index, h)} for q, h in zip(queries, found)]
+    return [{"query": q, "engine": searcher.name, "query_encoder": encoded_with, **hits_json(index, h)}
+            for q, h in zip(queries, found)]

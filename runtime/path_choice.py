@@ -43,6 +43,41 @@ def default_text_precision(backend: str, precision: str | None) -> str | None:
     return precision
 
 
+def text_variants(backend: str, precision: str | None) -> list[str | None]:
+    """Text-graph precisions a path may pair with its video graph, fastest first: the video graph's own
+    (bf16 / int8 on the CPU paths), then the FP32 default."""
+    default = default_text_precision(backend, precision)
+    return [precision, default] if default != precision else [precision]
+
+
+def query_text_precision(bundle, backend: str, precision: str | None) -> str | None:
+    """The text precision queries are encoded with on the path (backend, precision).
+
+    The reduced text graph only where a real-data run of the both-graphs path passed
+    (`ts2net parity --text-precision P --csv --videos`: its captions had no near-duplicates that the
+    reduced graph reorders); otherwise the default, FP32 on the CPU bf16 / int8 paths.
+    """
+    from .gate_record import real_data_passed
+
+    for text in text_variants(backend, precision)[:-1]:
+        if real_data_passed(bundle.manifest, backend, precision, text):
+            return text
+    return default_text_precision(backend, precision)
+
+
+def _real_data_outcome(manifest: dict[str, Any], backend: str, precision: str) -> bool | None:
+    """True if a real-data run of the path passed with some text variant, False if every recorded run
+    failed, None if none is recorded."""
+    from .gate_record import real_data_failed, real_data_passed
+
+    variants = text_variants(backend, precision)
+    if any(real_data_passed(manifest, backend, precision, t) for t in variants):
+        return True
+    if any(real_data_failed(manifest, backend, precision, t) for t in variants):
+        return False
+    return None
+
+
 def _passed(manifest: dict[str, Any], key: str) -> bool:
     row = (manifest.get("parity") or {}).get(key) or {}
     return row.get("passed") is True
@@ -54,11 +89,9 @@ def gated_precisions(bundle, require_real_data: bool = False) -> set[tuple[str, 
     A path whose recorded real-data run failed is never included; with `require_real_data`, a bf16 /
     int8 path is included only once a real-data run passed.
     """
-    from .gate_record import real_data_failed, real_data_passed
-
-    gated = {path for path in _reference_gated(bundle) if not real_data_failed(bundle.manifest, *path)}
+    gated = {path for path in _reference_gated(bundle) if _real_data_outcome(bundle.manifest, *path) is not False}
     if require_real_data:
-        gated = {(b, p) for b, p in gated if p in ("fp32", "fp16") or real_data_passed(bundle.manifest, b, p)}
+        gated = {(b, p) for b, p in gated if p in ("fp32", "fp16") or _real_data_outcome(bundle.manifest, b, p)}
     return gated
 
 

@@ -314,3 +314,28 @@ def test_search_refuses_empty_queries_warns_on_wordless_ones_and_shortens_echoes
     result = runner.invoke(main, ["search", str(index_dir), long_query, "-k", "1"])
     assert result.exit_code == 0 and len(result.output) < 1000
     assert f"... ({len(long_query)} characters)" in result.output
+
+
+def test_an_int8_index_encodes_its_queries_with_the_fp32_text_graph(bundle_dir, colour_clips, tmp_path):
+    """The video embeddings are INT8-graph outputs; the query text graph is FP32 (nothing recorded a
+    passing both-graphs INT8 run), so a query's embedding equals the FP32 graph's and its scores are the
+    exact similarity against the stored INT8 frames."""
+    from runtime.bundle import open_bundle
+    from runtime.encoder import BundleEncoder
+    from runtime.frame_similarity import similarity
+
+    if not open_bundle(bundle_dir).has_graph("video", "int8"):
+        pytest.skip("the tiny bundle has no INT8 graphs")
+    index = build_index(bundle_dir, colour_clips, tmp_path / "i8", backend="ort-cpu", precision="int8",
+                        dtype="float32", cache_dir=False, progress=False)
+    assert index["precision"] == "int8"
+    opened = open_index(tmp_path / "i8")
+    found = search_index(opened, ["a red clip"], k=6, backend="ort-cpu", engine="scan")[0]
+    assert found["query_encoder"] == {"backend": "ort-cpu", "precision": "fp32"}
+    bundle = open_bundle(bundle_dir)
+    with BundleEncoder(bundle, "ort-cpu", "fp32") as fp32:
+        text = fp32.encode_texts(["a red clip"])
+    sim = similarity(text, np.asarray(opened.frame_embeds, np.float32), np.asarray(opened.frame_mask),
+                     **bundle.similarity_args)[0]
+    np.testing.assert_allclose(sorted((h["score"] for h in found["results"]), reverse=True),
+                               np.sort(sim)[::-1], rtol=1e-5, atol=1e-5)

@@ -248,7 +248,8 @@ def with_real_data(bundle, **outcomes) -> Bundle:
     manifest = json.loads(json.dumps(bundle.manifest))
     from runtime.gate_record import path_key
 
-    manifest["parity"]["real_data"] = {path_key(*key.split("_", 1)): {"passed": passed}
+    # key "<backend>_<precision>[_<text precision>]": the default text graph when no third part
+    manifest["parity"]["real_data"] = {path_key(*key.split("_", 2)): {"passed": passed}
                                        for key, passed in outcomes.items()}
     return Bundle(bundle.path, manifest)
 
@@ -326,3 +327,20 @@ def test_int8_parity_on_real_data_runs_the_fp32_text_graph_and_records_that_path
         "max_abs_err"] > 0
     assert sorted(json.loads((copy / "manifest.json").read_text())["parity"]["real_data"]) == [
         "ort-cpu int8", "ort-cpu int8 text=fp32"]
+
+
+def test_queries_use_the_reduced_text_graph_only_where_its_both_graphs_run_passed(bundle):
+    from runtime.path_choice import query_text_precision
+
+    assert query_text_precision(bundle, "openvino", "int8") == "fp32"                  # nothing recorded
+    assert query_text_precision(with_real_data(bundle, openvino_int8_int8=True), "openvino", "int8") == "int8"
+    assert query_text_precision(with_real_data(bundle, openvino_int8_int8=False, openvino_int8=True),
+                                "openvino", "int8") == "fp32"
+    assert query_text_precision(bundle, "ort-cpu", "fp32") == "fp32"
+    # the video path is gated by a passing run of either text variant, and dropped only when all failed
+    both_passed = with_real_data(bundle, openvino_int8_int8=True)
+    assert ("openvino", "int8") in gated_precisions(both_passed, require_real_data=True)
+    one_failed = with_real_data(bundle, openvino_int8_int8=False, openvino_int8=True)
+    assert ("openvino", "int8") in gated_precisions(one_failed, require_real_data=True)
+    all_failed = with_real_data(bundle, openvino_int8_int8=False, openvino_int8=False)
+    assert ("openvino", "int8") not in gated_precisions(all_failed)
