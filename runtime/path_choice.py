@@ -12,8 +12,9 @@ benchmark's "fastest gated" column uses the reference gates (random-weight bundl
 data) minus real-data failures.
 
 Speed order (fastest first) is the one measured by `ts2net bench` on the ViT-B/32-shaped bundle
-(docs/openvino.md): OpenVINO INT8, OpenVINO BF16, ONNX Runtime INT8, then FP32 (ONNX Runtime first:
-the two FP32 paths measured within noise of each other, and ONNX Runtime FP32 was the default before). `ts2net eval` does not use this: its numbers are the FP32 reference unless asked otherwise.
+(docs/openvino.md), per CPU kind: OpenVINO INT8, then OpenVINO BF16 before ONNX Runtime INT8 on AMX
+CPUs and after it elsewhere, then FP32 (ONNX Runtime first: the two FP32 paths measured within noise
+of each other, and ONNX Runtime FP32 was the default before). `ts2net eval` does not use this: its numbers are the FP32 reference unless asked otherwise.
 """
 from __future__ import annotations
 
@@ -21,8 +22,22 @@ from typing import Any
 
 #: Precisions whose CPU paths run only the video graph reduced; their text graph stays FP32 unless asked.
 VIDEO_ONLY_PRECISIONS = ("bf16", "int8")
-SPEED_ORDER = (("openvino", "int8"), ("openvino", "bf16"), ("ort-cpu", "int8"), ("ort-cpu", "fp32"),
-               ("openvino", "fp32"))
+#: Fastest first, as `ts2net bench` measured the ViT-B/32-shaped bundle (docs/openvino.md). With AMX
+#: (Intel Sapphire Rapids) OpenVINO BF16 beat ONNX Runtime INT8; without it (AMD EPYC Zen 4: AVX512-BF16
+#: and VNNI only) ONNX Runtime INT8 was faster than OpenVINO BF16 at batches 1 and 8.
+SPEED_ORDER_AMX = (("openvino", "int8"), ("openvino", "bf16"), ("ort-cpu", "int8"), ("ort-cpu", "fp32"),
+                   ("openvino", "fp32"))
+SPEED_ORDER_NO_AMX = (("openvino", "int8"), ("ort-cpu", "int8"), ("openvino", "bf16"), ("ort-cpu", "fp32"),
+                      ("openvino", "fp32"))
+
+
+def speed_order() -> tuple[tuple[str, str], ...]:
+    """The measured speed order of the CPU paths for this machine's CPU (AMX or not)."""
+    from .reports import cpu_flags
+
+    return SPEED_ORDER_AMX if "amx_bf16" in cpu_flags() else SPEED_ORDER_NO_AMX
+
+
 AUTO = "auto"
 
 
@@ -118,9 +133,10 @@ def _reference_gated(bundle) -> set[tuple[str, str]]:
 def fastest_gated_path(bundle) -> tuple[str, str, str]:
     """(backend, precision, why) of the fastest CPU path that passed every gate (real data included) here."""
     gated = gated_precisions(bundle, require_real_data=True)
-    for backend, precision in SPEED_ORDER:
+    order = speed_order()
+    for backend, precision in order:
         if (backend, precision) in gated:
-            skipped = [f"{b} {p}" for b, p in SPEED_ORDER[:SPEED_ORDER.index((backend, precision))]]
+            skipped = [f"{b} {p}" for b, p in order[:order.index((backend, precision))]]
             why = (f"fastest gated path here ({backend} {precision})" +
                    (f"; not available here or not gated (a bf16 / int8 path needs a passing `ts2net parity "
                     f"--csv --videos` run): {', '.join(skipped)}" if skipped else ""))
@@ -134,13 +150,13 @@ def resolve(bundle, backend: str | None, precision: str | None) -> tuple[str, st
         if precision in (None, AUTO):
             return fastest_gated_path(bundle)
         gated = gated_precisions(bundle, require_real_data=True)
-        for b, p in SPEED_ORDER:
+        for b, p in speed_order():
             if p == precision and (b, p) in gated:
                 return b, p, f"fastest gated backend for {precision}"
         return "ort-cpu", precision, f"ort-cpu {precision} (as asked)"
     if precision in (None, AUTO):
         gated = gated_precisions(bundle, require_real_data=True)
-        for b, p in SPEED_ORDER:
+        for b, p in speed_order():
             if b == backend and (b, p) in gated:
                 return b, p, f"fastest gated precision of {backend}"
         return backend, "fp32", f"{backend} fp32"

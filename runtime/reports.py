@@ -92,7 +92,7 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _cpu_flags() -> list[str]:
+def cpu_flags() -> list[str]:
     """SIMD features that decide CPU GEMM speed (AVX2 / AVX-512 / AMX)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -141,7 +141,7 @@ def environment() -> dict[str, Any]:
         "os": platform.platform(),
         "python": platform.python_version(),
         "cpu": {"model": _cpu_model(), "machine": platform.machine(), "usable_cores": usable_cores(),
-                "logical_cpus": os.cpu_count(), "simd": _cpu_flags()},
+                "logical_cpus": os.cpu_count(), "simd": cpu_flags()},
         "memory_gib": _memory_gib(),
         # other processes competing for the cores make every timing slower: record how busy the machine was
         "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,

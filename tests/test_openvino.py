@@ -261,7 +261,23 @@ def test_fastest_gated_path_needs_a_real_data_pass_for_reduced_precision(bundle)
     assert fastest_gated_path(with_real_data(bundle, openvino_int8=True))[:2] == ("openvino", "int8")
     failed = with_real_data(bundle, openvino_int8=False, openvino_bf16=True, **{"ort-cpu_int8": True})
     assert ("openvino", "int8") not in gated_precisions(failed)
-    assert fastest_gated_path(failed)[:2] == (("openvino", "bf16") if HAS_BF16 else ("ort-cpu", "int8"))
+    from runtime.path_choice import speed_order
+
+    bf16_first = HAS_BF16 and speed_order().index(("openvino", "bf16")) < speed_order().index(("ort-cpu", "int8"))
+    assert fastest_gated_path(failed)[:2] == (("openvino", "bf16") if bf16_first else ("ort-cpu", "int8"))
+
+
+def test_speed_order_follows_the_cpu_kind_it_was_measured_on(monkeypatch):
+    import runtime.reports as reports
+    from runtime.path_choice import speed_order
+
+    monkeypatch.setattr(reports, "cpu_flags", lambda: ["avx512_bf16", "amx_tile", "amx_bf16"])
+    amx = speed_order()
+    monkeypatch.setattr(reports, "cpu_flags", lambda: ["avx2", "avx512_bf16", "avx512_vnni"])
+    no_amx = speed_order()
+    assert amx.index(("openvino", "bf16")) < amx.index(("ort-cpu", "int8"))
+    assert no_amx.index(("ort-cpu", "int8")) < no_amx.index(("openvino", "bf16"))
+    assert amx[0] == no_amx[0] == ("openvino", "int8") and sorted(amx) == sorted(no_amx)
 
 
 def test_a_real_data_parity_run_records_its_gate_in_the_manifest(bundle_dir, tmp_path):
