@@ -87,6 +87,20 @@ def plot_ablations(ablations: dict[str, Any], png: Path) -> None:
     plt.close(fig)
 
 
+def _default_path(bundle: Path) -> dict[str, Any] | None:
+    """The path `ts2net index` / `search` take for this bundle here, from the gates recorded in it."""
+    from .bundle import BundleError, open_bundle
+    from .path_choice import fastest_gated_path, query_text_precision
+
+    try:
+        opened = open_bundle(bundle, verify=False)
+    except BundleError:
+        return None
+    backend, precision, why = fastest_gated_path(opened)
+    return {"backend": backend, "precision": precision, "why": why,
+            "query_text_precision": query_text_precision(opened, backend, precision)}
+
+
 def build_summary(bundle: Path, reports: Path, ablations_path: Path | None) -> tuple[dict[str, Any], str]:
     manifest = json.loads((bundle / MANIFEST_NAME).read_text())
     evaluation = latest_json(reports / "eval", "eval-")
@@ -94,9 +108,10 @@ def build_summary(bundle: Path, reports: Path, ablations_path: Path | None) -> t
     parity = {p: latest_json(reports / f"parity-{p}", "") for p in ("fp32", "fp16", "bf16", "int8", "int8-ort",
                                                                   "bf16-text-bf16")}
     ablations = json.loads(ablations_path.read_text()) if ablations_path and ablations_path.is_file() else None
+    default_path = _default_path(bundle)
     data = {"kind": "ts2net-demo-summary", "model": manifest["model"]["name"],
             "source_checkpoint": manifest["source_checkpoint"], "export_parity": manifest["parity"],
-            "runtime_parity": {p: (r or {}).get("passed") for p, r in parity.items()},
+            "runtime_parity": {p: (r or {}).get("passed") for p, r in parity.items()}, "default_path": default_path,
             "eval": {"metrics": evaluation["metrics"], "subsets": evaluation.get("subsets"),
                      "pairs": evaluation.get("pairs"), "dataset": evaluation["dataset"]} if evaluation else None,
             "bench": {"results": bench.get("results"), "ratios": bench.get("ratios"), "peaks": bench.get("peaks"),
@@ -143,6 +158,11 @@ def build_summary(bundle: Path, reports: Path, ablations_path: Path | None) -> t
                       f"{r['r5_delta_points']:+.2f} | {r['v2t_top1_agreement']:.2%} | {r['v2t_r1_delta_points']:+.2f} | "
                       f"{r['v2t_r5_delta_points']:+.2f} | {r['t2v_reference']['R1']:.1f} / {r['t2v_backend']['R1']:.1f} | "
                       f"{report['passed']} |")
+        default = data.get("default_path")
+        if default:
+            md += ["", f"Default path of `ts2net index` / `search` for this bundle on this machine: **{default['backend']} "
+                       f"{default['precision']}** (queries: text graph {default['query_text_precision']}); "
+                       f"{default['why']}."]
     if evaluation:
         md += ["", f"## Retrieval ({evaluation['dataset']['n_captions_evaluated']} captions x "
                    f"{evaluation['dataset']['n_videos_evaluated']} videos, ONNX Runtime CPU, FP32 graph)", "",
