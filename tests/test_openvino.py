@@ -361,3 +361,24 @@ def test_queries_use_the_reduced_text_graph_only_where_its_both_graphs_run_passe
     assert ("openvino", "int8") in gated_precisions(one_failed, require_real_data=True)
     all_failed = with_real_data(bundle, openvino_int8_int8=False, openvino_int8=False)
     assert ("openvino", "int8") not in gated_precisions(all_failed)
+
+
+def test_nncf_ir_keeps_the_patch_embedding_projection_temporal_and_attention_products_float(bundle):
+    """NNCF_FLOAT_PATTERNS: no FakeQuantize feeds those ops, while the weight MatMuls of the blocks are quantized."""
+    import re
+
+    import openvino as ov
+
+    model = ov.Core().read_model(str(bundle.path / "video.int8.xml"))
+    fed_by_fq, seen = {}, set()
+    for op in model.get_ordered_ops():
+        if op.get_type_name() not in ("Convolution", "MatMul"):
+            continue
+        name = op.get_friendly_name()
+        fed_by_fq[name] = any(v.get_node().get_type_name() == "FakeQuantize" for v in op.input_values())
+    for pattern in q.NNCF_FLOAT_PATTERNS:
+        matching = [n for n in fed_by_fq if re.fullmatch(pattern, n)]
+        seen.update(matching)
+        assert not any(fed_by_fq[n] for n in matching), (pattern, [n for n in matching if fed_by_fq[n]])
+    assert any(re.fullmatch(r".*/visual/conv1/.*", n) for n in seen) and any("transformerClip" in n for n in seen)
+    assert any(fed for n, fed in fed_by_fq.items() if re.fullmatch(r".*/visual/transformer/.*/mlp/c_fc/MatMul", n))
