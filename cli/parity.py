@@ -37,8 +37,8 @@ from runtime.backends import BACKENDS
 @click.option("--skip-unsupported", is_flag=True,
               help="Exit 0 with a report saying why when the backend / precision cannot run on this machine "
                    "(e.g. bf16 on a CPU without BF16), instead of failing.")
-def parity_command(bundle_dir, backend, precision, text_precision, annotations, videos, limit, out_dir, batch_size, threads, workers,
-                   progress, record, skip_unsupported):
+def parity_command(bundle_dir, backend, precision, text_precision, annotations, videos, limit, out_dir, batch_size,
+                   threads, workers, progress, record, skip_unsupported):
     """Compare a backend with the PyTorch FP32 reference; non-zero exit on any failure."""
     from runtime.backends import BackendUnavailable
     from runtime.bundle import BundleError

@@ -360,7 +360,6 @@ def search_index(index: VideoIndex, queries: Sequence[str], k: int = 10, *, bund
     Returns one ``{"query", "engine", "results": [{"rank", "video_id", "score", "path"}], "rescored",
     "stop_rule_met", "fallback_scan"}`` per query.
     """
-
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     for number, query in enumerate(queries, start=1):

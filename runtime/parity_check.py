@@ -57,8 +57,7 @@ def check_real_data(bundle, encoder, annotations: Path, videos: Path, limit: int
     if limit is not None and limit < len(rs.video_ids):
         rs, _ = rs.without_videos(rs.video_ids[limit:])
     row = _precision_row(encoder)
-    same = (encoder.backend_name, row) == STAND_IN
-    same = same and encoder.text_precision == STAND_IN[1]
+    same = (encoder.backend_name, row) == STAND_IN and encoder.text_precision == STAND_IN[1]
     reference = encoder if same else BundleEncoder(bundle, *STAND_IN, batch_size=batch_size, threads=threads)
     skipped: list[tuple[str, str]] = []
     kept, a_embeds, a_indices, b_embeds, b_indices, masks = [], [], [], [], [], []

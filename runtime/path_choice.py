@@ -14,7 +14,8 @@ data) minus real-data failures.
 Speed order (fastest first) is the one measured by `ts2net bench` on the ViT-B/32-shaped bundle
 (docs/openvino.md), per CPU kind: OpenVINO INT8, then OpenVINO BF16 before ONNX Runtime INT8 on AMX
 CPUs and after it elsewhere, then FP32 (ONNX Runtime first: the two FP32 paths measured within noise
-of each other, and ONNX Runtime FP32 was the default before). `ts2net eval` does not use this: its numbers are the FP32 reference unless asked otherwise.
+of each other, and ONNX Runtime FP32 was the default before). `ts2net eval` does not use this: its
+numbers are the FP32 reference unless asked otherwise.
 """
 from __future__ import annotations
 

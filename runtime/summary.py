@@ -160,9 +160,9 @@ def build_summary(bundle: Path, reports: Path, ablations_path: Path | None) -> t
                       f"{report['passed']} |")
         default = data.get("default_path")
         if default:
-            md += ["", f"Default path of `ts2net index` / `search` for this bundle on this machine: **{default['backend']} "
-                       f"{default['precision']}** (queries: text graph {default['query_text_precision']}); "
-                       f"{default['why']}."]
+            md += ["", "Default path of `ts2net index` / `search` for this bundle on this machine: "
+                       f"**{default['backend']} {default['precision']}** (queries: text graph "
+                       f"{default['query_text_precision']}); {default['why']}."]
     if evaluation:
         md += ["", f"## Retrieval ({evaluation['dataset']['n_captions_evaluated']} captions x "
                    f"{evaluation['dataset']['n_videos_evaluated']} videos, ONNX Runtime CPU, FP32 graph)", "",
