@@ -65,7 +65,20 @@ inline uint8_t clip8(int32_t v) {
   return uint8_t(v >> kPrecisionBits);
 }
 
-
+// One output RGB pixel: the n input pixels from `first`, `step` bytes apart (3 along a row, a row's
+// width in bytes down a column), weighted by the fixed-point taps k and rounded as Pillow does.
+inline void weighted_pixel(const uint8_t* first, size_t step, const int32_t* k, int n, uint8_t* dst) {
+  int32_t s0 = 1 << (kPrecisionBits - 1), s1 = s0, s2 = s0;
+  for (int i = 0; i < n; ++i) {
+    const uint8_t* p = first + size_t(i) * step;
+    s0 += p[0] * k[i];
+    s1 += p[1] * k[i];
+    s2 += p[2] * k[i];
+  }
+  dst[0] = clip8(s0);
+  dst[1] = clip8(s1);
+  dst[2] = clip8(s2);
+}
 
 // One horizontal pass: rows [y0, y0 + rows) of `in`, resampled to `taps` columns.
 RgbImage horizontal_pass(const RgbImage& in, const Taps& h, int out_w, int y0, int rows) {
@@ -76,16 +89,7 @@ RgbImage horizontal_pass(const RgbImage& in, const Taps& h, int out_w, int y0, i
     for (int xx = 0; xx < out_w; ++xx) {
       const int32_t* k = &h.weights[size_t(xx) * size_t(h.ksize)];
       const int xmin = h.first[size_t(xx)], n = h.count[size_t(xx)];
-      int32_t s0 = 1 << (kPrecisionBits - 1), s1 = s0, s2 = s0;
-      for (int x = 0; x < n; ++x) {
-        const uint8_t* p = line + size_t(x + xmin) * 3;
-        s0 += p[0] * k[x];
-        s1 += p[1] * k[x];
-        s2 += p[2] * k[x];
-      }
-      dst[size_t(xx) * 3 + 0] = clip8(s0);
-      dst[size_t(xx) * 3 + 1] = clip8(s1);
-      dst[size_t(xx) * 3 + 2] = clip8(s2);
+      weighted_pixel(line + size_t(xmin) * 3, 3, k, n, dst + size_t(xx) * 3);
     }
   }
   return out;
@@ -100,16 +104,8 @@ RgbImage vertical_pass(const RgbImage& in, const Taps& v, int out_h, int row_off
     const int ymin = v.first[size_t(yy)] - row_offset, n = v.count[size_t(yy)];
     uint8_t* dst = &out.pixels[size_t(yy) * size_t(in.width) * 3];
     for (int xx = 0; xx < in.width; ++xx) {
-      int32_t s0 = 1 << (kPrecisionBits - 1), s1 = s0, s2 = s0;
-      for (int y = 0; y < n; ++y) {
-        const uint8_t* p = &in.pixels[(size_t(y + ymin) * size_t(in.width) + size_t(xx)) * 3];
-        s0 += p[0] * k[y];
-        s1 += p[1] * k[y];
-        s2 += p[2] * k[y];
-      }
-      dst[size_t(xx) * 3 + 0] = clip8(s0);
-      dst[size_t(xx) * 3 + 1] = clip8(s1);
-      dst[size_t(xx) * 3 + 2] = clip8(s2);
+      weighted_pixel(&in.pixels[(size_t(ymin) * size_t(in.width) + size_t(xx)) * 3], size_t(in.width) * 3, k, n,
+                     dst + size_t(xx) * 3);
     }
   }
   return out;
