@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import av
+import numpy as np
 from tqdm import tqdm
 
 from . import render
@@ -33,7 +34,9 @@ from .captions import aligned_caption_sets, aligned_captions
 from .scene import SPLITS, GenParams, SceneSpec, plan_split
 
 #: Bump whenever the sampling, rendering, grammar or encoding changes.
-GENERATOR_VERSION = "1.1"  # 1.1: hard pairs in the train split (test split unchanged)
+#: 1.1: hard pairs in the train split (test split unchanged); 1.2: RGB -> YUV 4:2:0 done here in
+#: integer arithmetic instead of by swscale, whose output varied between processes.
+GENERATOR_VERSION = "1.2"
 DEFAULT_COUNTS = {"train": 5000, "val": 250, "test": 1000}
 _PROGRESS = ".progress.jsonl"
 
@@ -54,12 +57,43 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+#: x264's macroblock-tree rate control gave different bytes for the same YUV input in some pool
+#: workers (one clip: 3-4 variants in 16 encodes; with mbtree off: 1 variant in 320 encodes of 16
+#: clips).  The cost is size: mbtree moves bits from frames nothing refers to, so clips are ~75%
+#: larger without it (quality is higher, not lower).
+_X264_EXACT = {"x264-params": "mbtree=0"}
+
+
+def rgb_to_yuv420p(rgb: np.ndarray) -> np.ndarray:
+    """BT.601 limited-range YUV 4:2:0 of an H x W x 3 uint8 frame, as PyAV's packed (3H/2) x W array.
+
+    Why not let PyAV convert: swscale's RGB24 -> YUV420P scaler gave different
+    bytes for the same frame in different processes (a forked pool worker vs
+    the parent), so the same seed did not always give the same clip.  This is
+    integer arithmetic, hence identical everywhere.  Luma uses the usual 8-bit
+    BT.601 coefficients; chroma is computed from the sum of each 2 x 2 block
+    (box-filtered, centred between the four pixels), with round-half-up.
+    H and W must be even (every synthbench frame size is).
+    """
+    h, w, _ = rgb.shape
+    c = rgb.astype(np.int32)
+    r, g, b = c[..., 0], c[..., 1], c[..., 2]
+    y = ((66 * r + 129 * g + 25 * b + 128) >> 8) + 16
+    block = c[0::2, 0::2] + c[1::2, 0::2] + c[0::2, 1::2] + c[1::2, 1::2]  # (H/2, W/2, 3) sums of 4
+    rs, gs, bs = block[..., 0], block[..., 1], block[..., 2]
+    u = ((-38 * rs - 74 * gs + 112 * bs + 512) >> 10) + 128
+    v = ((112 * rs - 94 * gs - 18 * bs + 512) >> 10) + 128
+    planes = [y.reshape(-1), u.reshape(-1), v.reshape(-1)]
+    return np.concatenate(planes).astype(np.uint8).reshape(h * 3 // 2, w)
+
+
 def encode_clip(spec: SceneSpec, path: Path, codec: str | None = None) -> int:
     """Render ``spec`` and write it as an MP4 at ``path`` atomically; returns its size.
 
-    The encoder runs single-threaded at fixed settings, which makes its
-    output bit-exact across runs (threaded x264 is not guaranteed to be) and
-    suits the one-clip-per-process parallelism of the pool.
+    The same spec gives the same bytes in any process: frames are converted
+    to YUV 4:2:0 by :func:`rgb_to_yuv420p` (not swscale), and x264 runs
+    single-threaded (threaded x264 is not bit-exact) without macroblock-tree
+    rate control (``_X264_EXACT``); one thread per clip also suits the pool.
     """
     codec = codec or pick_codec()
     path = Path(path)
@@ -71,11 +105,11 @@ def encode_clip(spec: SceneSpec, path: Path, codec: str | None = None) -> int:
             stream.pix_fmt = "yuv420p"
             stream.codec_context.thread_count = 1
             if codec == "libx264":
-                stream.codec_context.options = {"preset": "veryfast", "crf": "20", "threads": "1"}
+                stream.codec_context.options = {"preset": "veryfast", "crf": "20", "threads": "1", **_X264_EXACT}
             else:
                 stream.codec_context.bit_rate = 800_000
             for i, rgb in enumerate(render.iter_frames(spec)):
-                frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+                frame = av.VideoFrame.from_ndarray(rgb_to_yuv420p(rgb), format="yuv420p")
                 frame.pts = i
                 container.mux(stream.encode(frame))
             container.mux(stream.encode(None))
@@ -259,8 +293,9 @@ def generate_dataset(
     if old_meta is not None:
         if old_meta.get("seed") != seed or old_meta.get("version") != GENERATOR_VERSION:
             raise ValueError(
-                f"{out} holds a dataset made with seed {old_meta.get('seed')} / version "
-                f"{old_meta.get('version')}; use another --out directory"
+                f"{out} holds a dataset made with seed {old_meta.get('seed')} / generator version "
+                f"{old_meta.get('version')}, not seed {seed} / version {GENERATOR_VERSION}; delete it "
+                f"or use another --out directory"
             )
     counts = {"train": n_train, "val": n_val, "test": n_test}
     wanted: dict[str, tuple[int, GenParams]] = {}

@@ -153,8 +153,31 @@ def test_test_captions_unique(dataset):
 def test_same_seed_is_identical(dataset, twin):
     for name in ("MSRVTT_data.json", "train.csv", "val.csv", "test.csv", "subsets.json", "scenes.jsonl", "meta.json"):
         assert (dataset / name).read_bytes() == (twin / name).read_bytes(), name
-    vid = "video2000004"
-    assert np.array_equal(_decode(dataset / "videos" / f"{vid}.mp4"), _decode(twin / "videos" / f"{vid}.mp4"))
+    # Every clip, rendered in a pool worker (dataset) and in-process (twin), byte for byte.
+    clips = sorted(p.name for p in (dataset / "videos").glob("*.mp4"))
+    assert len(clips) == 16 and clips == sorted(p.name for p in (twin / "videos").glob("*.mp4"))
+    differing = [name for name in clips if (dataset / "videos" / name).read_bytes() != (twin / "videos" / name).read_bytes()]
+    assert not differing, f"same seed, different MP4 bytes: {differing}"
+
+
+def test_yuv420p_conversion_matches_bt601():
+    """Integer conversion against the real-valued BT.601 limited-range formulas (within one level)."""
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (20, 14, 3)).astype(np.uint8)
+    rgb[:2, :2] = 0  # a black and a white block hit the range ends exactly
+    rgb[2:4, :2] = 255
+    packed = gen.rgb_to_yuv420p(rgb)
+    assert packed.shape == (30, 14) and packed.dtype == np.uint8
+    y = packed[:20].astype(float)
+    chroma = packed[20:].reshape(-1).astype(float)
+    u, v = chroma[:70].reshape(10, 7), chroma[70:].reshape(10, 7)
+    f = rgb.astype(float) / 255.0
+    ry = 16 + 65.481 * f[..., 0] + 128.553 * f[..., 1] + 24.966 * f[..., 2]
+    mean = f.reshape(10, 2, 7, 2, 3).mean(axis=(1, 3))  # each 2 x 2 block
+    ru = 128 - 37.797 * mean[..., 0] - 74.203 * mean[..., 1] + 112.0 * mean[..., 2]
+    rv = 128 + 112.0 * mean[..., 0] - 93.786 * mean[..., 1] - 18.214 * mean[..., 2]
+    assert np.abs(y - ry).max() <= 1.0 and np.abs(u - ru).max() <= 1.0 and np.abs(v - rv).max() <= 1.0
+    assert (y[0, 0], y[2, 0], u[0, 0], v[0, 0], u[1, 0], v[1, 0]) == (16, 235, 128, 128, 128, 128)
 
 
 def test_different_seed_differs(dataset, tmp_path):
@@ -312,6 +335,16 @@ def test_other_seed_in_same_dir_is_refused(dataset, tmp_path):
     shutil.copytree(dataset, root)
     with pytest.raises(ValueError, match="seed"):
         _generate(root, seed=7)
+
+
+def test_older_generator_version_in_same_dir_is_refused(dataset, tmp_path):
+    """Clips of another generator version are not mixed in; the message says what to do."""
+    root = tmp_path / "r"
+    shutil.copytree(dataset, root)
+    meta = json.loads((root / "meta.json").read_text())
+    (root / "meta.json").write_text(json.dumps({**meta, "version": "1.1"}))
+    with pytest.raises(ValueError, match=r"generator version 1\.1, not seed 0 / version 1\.2; delete it or use another --out"):
+        _generate(root)
 
 
 # --------------------------------------------------------------------------
