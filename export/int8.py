@@ -25,6 +25,7 @@ import csv
 import hashlib
 import json
 import logging
+import re
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -42,6 +43,16 @@ log = logging.getLogger(__name__)
 
 # Node-name scope kept in float in every INT8 form (the same scope as the FP16 graphs' FP32 island).
 FLOAT_SCOPES = ("/visual_token_selector/",)
+#: Node-name patterns (full matches; the PyTorch module names, the same for every preset) both INT8
+#: forms keep in float besides FLOAT_SCOPES (docs/int8.md, "Float islands"): the patch embedding (its
+#: input is raw normalised pixels), the first visual block, the visual projection and the temporal
+#: transformer. Quantized by NNCF, they gave a tail of real frames at cosine 0.88 and 14% changed
+#: top-1 answers on the demo model; ONNX Runtime's dynamic INT8 of them changed 4.2% of the t2v
+#: top-1 answers on the demo's 1,000 test clips (gate: 3%). In float, both forms pass. The other
+#: visual blocks, most of the FLOPs, stay INT8 whole (keeping their attention products float as well
+#: broke OpenVINO's INT8 chains: about 2x slower).
+FLOAT_ISLAND_PATTERNS = (r".*/visual/conv1/.*", r".*/visual/transformer/resblocks\.0/.*", r".*/visual/MatMul$",
+                         r".*/transformerClip/.*")
 FLOAT_OP_TYPES = ("LayerNormalization", "Softmax")
 QUANTIZED_OP_TYPES = ("MatMul", "Gemm")
 ONNX_MODES = ("dynamic", "static")
@@ -167,9 +178,14 @@ def load_calibration(bundle, videos: Path | None = None, captions: Path | None =
 
 
 # ------------------------------------------------------------------------------ quantizers
+def in_float_island(name: str) -> bool:
+    """Whether a node of that name is one every INT8 form keeps in float (FLOAT_SCOPES, FLOAT_ISLAND_PATTERNS)."""
+    return any(scope in name for scope in FLOAT_SCOPES) or any(re.fullmatch(p, name) for p in FLOAT_ISLAND_PATTERNS)
+
+
 def float_nodes(model: onnx.ModelProto) -> list[str]:
-    """Names of the nodes every INT8 form keeps in float (the token selector scope)."""
-    return [n.name for n in model.graph.node if any(scope in n.name for scope in FLOAT_SCOPES)]
+    """Names of the nodes every INT8 form keeps in float: the token selector and the float islands."""
+    return [n.name for n in model.graph.node if in_float_island(n.name)]
 
 
 class _Reader:
@@ -203,21 +219,13 @@ def quantize_onnx(fp32_path: Path, out_path: Path, mode: str, feeds: list[dict[s
     return out_path
 
 
-#: Node-name patterns NNCF keeps in float besides FLOAT_SCOPES (docs/int8.md, "The NNCF recipe"): the
-#: patch embedding (its input is raw normalised pixels), the first visual block, the visual
-#: projection and the temporal transformer. Quantized, they gave a tail of real frames at cosine
-#: 0.88 and 14% changed top-1 answers on the demo model; in float, no real frame is below cosine
-#: 0.997 and top-1 stays >= 97.9% both ways. The other visual blocks, most of the FLOPs, stay INT8
-#: whole (keeping their attention products float as well broke OpenVINO's INT8 chains: about 2x slower).
-NNCF_FLOAT_PATTERNS = (r".*/visual/conv1/.*", r".*/visual/transformer/resblocks\.0/.*", r".*/visual/MatMul$",
-                       r".*/transformerClip/.*")
 
 
 def nncf_recipe() -> dict[str, Any]:
     """Keyword arguments of nncf.quantize for our graphs (docs/int8.md, "The NNCF recipe").
 
     Transformer model type (LayerNorm, Softmax and the residual adds stay float), the token
-    selector and NNCF_FLOAT_PATTERNS ignored, symmetric activations (the PERFORMANCE preset) and
+    selector and FLOAT_ISLAND_PATTERNS ignored, symmetric activations (the PERFORMANCE preset) and
     SmoothQuant off: on the demo model the default MIXED preset with SmoothQuant kept 93.5% of the
     selected patches on the reference inputs (below the 95% gate); PERFORMANCE without SmoothQuant
     kept 96.8% with a higher embedding cosine, at the same speed.
@@ -227,7 +235,7 @@ def nncf_recipe() -> dict[str, Any]:
 
     return {"model_type": nncf.ModelType.TRANSFORMER, "preset": nncf.QuantizationPreset.PERFORMANCE,
             "ignored_scope": nncf.IgnoredScope(patterns=[f".*{scope.strip('/')}.*" for scope in FLOAT_SCOPES] +
-                                               list(NNCF_FLOAT_PATTERNS), validate=False),
+                                               list(FLOAT_ISLAND_PATTERNS), validate=False),
             "advanced_parameters": AdvancedQuantizationParameters(
                 smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1))}
 
@@ -381,7 +389,7 @@ def quantize_bundle(bundle_dir: Path, manifest: dict[str, Any], calibration: Cal
                                           "op_types": list(QUANTIZED_OP_TYPES), "weights": "int8 symmetric per channel",
                                           "activations": ("uint8 asymmetric, per call" if onnx_mode == "dynamic" else
                                                           "uint8 asymmetric, MinMax-calibrated (QDQ)")},
-                            float_islands=list(FLOAT_SCOPES) + list(FLOAT_OP_TYPES),
+                            float_islands=list(FLOAT_SCOPES) + list(FLOAT_ISLAND_PATTERNS) + list(FLOAT_OP_TYPES),
                             calibration=calibration.manifest_entry(graph))
         if keep_ir:
             xml = ir_files[graph]

@@ -363,8 +363,25 @@ def test_queries_use_the_reduced_text_graph_only_where_its_both_graphs_run_passe
     assert ("openvino", "int8") not in gated_precisions(all_failed)
 
 
+def test_onnxruntime_int8_keeps_the_float_islands_float(bundle):
+    """FLOAT_ISLAND_PATTERNS in the ONNX Runtime INT8 graph: those MatMuls stay float, the later blocks' are INT8."""
+    import re
+
+    model = onnx.load(str(bundle.path / "video.int8.onnx"), load_external_data=False)
+    by_op: dict[str, list[str]] = {}
+    for node in model.graph.node:
+        by_op.setdefault(node.op_type, []).append(node.name)
+    for pattern in q.FLOAT_ISLAND_PATTERNS:
+        assert not [n for op in q.QUANTIZED_ONNX_OPS for n in by_op.get(op, []) if re.fullmatch(pattern, n)], pattern
+    float_matmuls = [n for n in by_op["MatMul"] if q.in_float_island(n)]
+    assert "/visual/MatMul" in float_matmuls and "/visual/transformer/resblocks.0/mlp/c_fc/MatMul" in float_matmuls
+    assert any("/transformerClip/" in n for n in float_matmuls)
+    assert "/visual/transformer/resblocks.1/mlp/c_fc/MatMul_quant" in by_op["MatMulInteger"]
+    assert "/visual/transformer/resblocks.1/mlp/c_fc/MatMul" not in by_op["MatMul"]
+
+
 def test_nncf_ir_keeps_the_patch_embedding_projection_temporal_and_attention_products_float(bundle):
-    """NNCF_FLOAT_PATTERNS: no FakeQuantize feeds those ops, while the weight MatMuls of the blocks are quantized."""
+    """FLOAT_ISLAND_PATTERNS: no FakeQuantize feeds those ops, while the weight MatMuls of the blocks are quantized."""
     import re
 
     import openvino as ov
@@ -376,7 +393,7 @@ def test_nncf_ir_keeps_the_patch_embedding_projection_temporal_and_attention_pro
             continue
         name = op.get_friendly_name()
         fed_by_fq[name] = any(v.get_node().get_type_name() == "FakeQuantize" for v in op.input_values())
-    for pattern in q.NNCF_FLOAT_PATTERNS:
+    for pattern in q.FLOAT_ISLAND_PATTERNS:
         matching = [n for n in fed_by_fq if re.fullmatch(pattern, n)]
         seen.update(matching)
         assert not any(fed_by_fq[n] for n in matching), (pattern, [n for n in matching if fed_by_fq[n]])
