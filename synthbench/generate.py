@@ -59,8 +59,8 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 
 #: x264's macroblock-tree rate control gave different bytes for the same YUV input in some pool
 #: workers (one clip: 3-4 variants in 16 encodes; with mbtree off: 1 variant in 320 encodes of 16
-#: clips).  The cost is size: mbtree moves bits from frames nothing refers to, so clips are ~75%
-#: larger without it (quality is higher, not lower).
+#: clips).  The cost is size: mb-tree moves bits away from frames nothing refers to, so clips are
+#: about 2x larger without it (35.2 vs 16.6 MB for the 1,000-clip test split; quality is higher).
 _X264_EXACT = {"x264-params": "mbtree=0"}
 
 
