@@ -95,7 +95,7 @@ def plot_latency(report: dict[str, Any]) -> bytes:
     rows = report["results"]
     series = sorted({(r["backend"], r["precision"]) for r in rows}, key=lambda bp: (bp[0], bp[1] != "fp32", bp[1]))
     batches = sorted({r["batch"] for r in rows})
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.8), squeeze=False)
     width = 0.8 / max(len(series), 1)
     for ax, graph in zip(axes[0], ("text", "video")):
         for i, (backend, precision) in enumerate(series):
@@ -111,10 +111,13 @@ def plot_latency(report: dict[str, Any]) -> bytes:
         ax.set_yscale("log")
         ax.set_title(f"{graph} encoder")
         ax.grid(axis="y", alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    # One legend below both panels: inside a panel it covered bars once there were many series.
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    legend_rows = -(-len(series) // 4)
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(series), 4), fontsize=8, frameon=False)
     fig.suptitle(f"{report['bundle']['model']}: latency by backend and batch size "
                  f"({report['settings']['threads']} threads)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.045 * legend_rows + 0.01, 1, 1))
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
