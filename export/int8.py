@@ -13,8 +13,9 @@ Two forms of each INT8 graph are written (docs/int8.md has the measurements behi
   ``openvino_ir`` of the int8 entry, which OpenVINO consumers (Python and C++) prefer.
 
 Both keep the token selector (score predictor, TopK, the index reordering, the gather) in float,
-so the selection stays TopK-deterministic; LayerNorm and Softmax are never quantized (ONNX
-Runtime quantizes only MatMul / Gemm here; NNCF's transformer preset keeps them float).
+so the selection stays TopK-deterministic, and the float islands of ``FLOAT_ISLAND_PATTERNS``;
+LayerNorm and Softmax are never quantized (ONNX Runtime quantizes only MatMul / Gemm here; NNCF's
+transformer preset keeps them float).
 
 A form that fails the int8 gates on the reference inputs (runtime.parity.THRESHOLDS["int8"]) is
 not listed in the manifest: the figures are recorded under ``parity`` and a warning says why.
@@ -217,8 +218,6 @@ def quantize_onnx(fp32_path: Path, out_path: Path, mode: str, feeds: list[dict[s
                         activation_type=QuantType.QUInt8, calibrate_method=CalibrationMethod.MinMax,
                         extra_options={"WeightSymmetric": True, "ActivationSymmetric": False}, **common)
     return out_path
-
-
 
 
 def nncf_recipe() -> dict[str, Any]:

@@ -35,7 +35,8 @@ from .scene import SPLITS, GenParams, SceneSpec, plan_split
 
 #: Bump whenever the sampling, rendering, grammar or encoding changes.
 #: 1.1: hard pairs in the train split (test split unchanged); 1.2: RGB -> YUV 4:2:0 done here in
-#: integer arithmetic instead of by swscale, whose output varied between processes.
+#: integer arithmetic instead of by swscale, and x264 without mb-tree: both had given different
+#: bytes for the same clip in different processes.
 GENERATOR_VERSION = "1.2"
 DEFAULT_COUNTS = {"train": 5000, "val": 250, "test": 1000}
 _PROGRESS = ".progress.jsonl"
